@@ -1,0 +1,536 @@
+//! The image's build context: the checkout's `cluster/images/kubemark/` folder
+//! (its Dockerfile's `FROM` optionally rewritten) plus the freshly built binary,
+//! streamed to the engine as a tar in bounded chunks. Nothing is copied into the
+//! checkout, and the whole tar is never in memory.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::event::{Cancel, Event, Events};
+
+/// Where the kubemark Dockerfile lives in a kubernetes checkout.
+pub const CONTEXT_DIR: &str = "cluster/images/kubemark";
+/// Size of the chunks streamed to the engine.
+const CHUNK: usize = 256 * 1024;
+
+/// One regular file or symlink of the context folder.
+#[derive(Debug, Clone)]
+struct Entry {
+    rel: String,
+    abs: PathBuf,
+    mode: u32,
+    size: u64,
+    link: Option<PathBuf>,
+}
+
+/// The build context, described but not yet read in full.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub dir: PathBuf,
+    /// The Dockerfile as sent (with the `FROM` rewritten when asked).
+    pub dockerfile: String,
+    /// The final stage's base image as the Dockerfile names it.
+    pub base: String,
+    pub binary: PathBuf,
+    pub binary_sha256: String,
+    pub binary_size: u64,
+    /// sha256 over every entry's path, mode and content: equal digests, equal contexts.
+    pub digest: String,
+    entries: Vec<Entry>,
+    /// A `LABEL` instruction appended to the Dockerfile as sent.
+    label_line: String,
+}
+
+impl Context {
+    /// Read the context folder of `checkout`, rewrite the base image if asked, hash everything.
+    pub fn prepare(checkout: &Path, binary: &Path, base_image: Option<&str>) -> Result<Self> {
+        let dir = checkout.join(CONTEXT_DIR);
+        let dockerfile_path = dir.join("Dockerfile");
+        if !dockerfile_path.is_file() {
+            return Err(Error::NoDockerfile { dir });
+        }
+        let original = std::fs::read_to_string(&dockerfile_path)
+            .map_err(Error::io("reading", &dockerfile_path))?;
+        let (dockerfile, base) = match base_image {
+            Some(image) => rewrite_from(&original, image)?,
+            None => {
+                let base = final_from(&original).ok_or_else(|| Error::BuildFailed {
+                    message: format!("{} has no FROM line", dockerfile_path.display()),
+                    step: None,
+                })?;
+                (original.clone(), base)
+            }
+        };
+        let mut entries = Vec::new();
+        walk(&dir, &dir, &mut entries)?;
+        entries.retain(|e| e.rel != "Dockerfile" && e.rel != "kubemark");
+        entries.sort_by(|a, b| a.rel.cmp(&b.rel));
+
+        let mut whole = Sha256::new();
+        let mut add = |rel: &str, mode: u32, content_hash: &str| {
+            whole.update(format!("{rel}\0{mode:o}\0{content_hash}\n"));
+        };
+        add(
+            "Dockerfile",
+            0o644,
+            &hex(&Sha256::digest(dockerfile.as_bytes())),
+        );
+        for entry in &entries {
+            let hash = match &entry.link {
+                Some(target) => hex(&Sha256::digest(target.to_string_lossy().as_bytes())),
+                None => sha256_file(&entry.abs)?,
+            };
+            add(&entry.rel, entry.mode, &hash);
+        }
+        let binary_sha256 = sha256_file(binary)?;
+        let binary_size = binary
+            .metadata()
+            .map_err(Error::io("reading", binary))?
+            .len();
+        add("kubemark", 0o755, &binary_sha256);
+        Ok(Self {
+            dir,
+            dockerfile,
+            base,
+            binary: binary.to_owned(),
+            binary_sha256,
+            binary_size,
+            digest: format!("sha256:{}", hex(&whole.finalize())),
+            entries,
+            label_line: String::new(),
+        })
+    }
+
+    /// Label the image through one `LABEL` instruction appended to the Dockerfile.
+    /// (The engine's `labels` parameter adds one build step, and one layer commit,
+    /// per label: eight labels made a build eight times slower.)
+    pub fn set_labels<'a>(&mut self, labels: impl IntoIterator<Item = (&'a String, &'a String)>) {
+        let quote = |s: &str| {
+            let mut q = String::with_capacity(s.len() + 2);
+            q.push('"');
+            for c in s.chars() {
+                match c {
+                    '"' | '\\' | '$' => {
+                        q.push('\\');
+                        q.push(c);
+                    }
+                    '\n' | '\r' => q.push(' '),
+                    c => q.push(c),
+                }
+            }
+            q.push('"');
+            q
+        };
+        let pairs: Vec<String> = labels
+            .into_iter()
+            .map(|(k, v)| format!("{}={}", quote(k), quote(v)))
+            .collect();
+        self.label_line = if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("LABEL {}\n", pairs.join(" \\\n      "))
+        };
+    }
+
+    /// The Dockerfile as the engine receives it.
+    pub fn dockerfile_sent(&self) -> String {
+        let mut text = self.dockerfile.clone();
+        if !self.label_line.is_empty() {
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&self.label_line);
+        }
+        text
+    }
+
+    /// Write the context as a tar: Dockerfile, the folder's other files, `/kubemark`.
+    pub fn write_tar(&self, out: impl Write) -> io::Result<()> {
+        let mut tar = tar::Builder::new(out);
+        tar.mode(tar::HeaderMode::Deterministic);
+        let header = |size: u64, mode: u32| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(size);
+            h.set_mode(mode);
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            h
+        };
+        let dockerfile = self.dockerfile_sent();
+        let mut h = header(dockerfile.len() as u64, 0o644);
+        tar.append_data(&mut h, "Dockerfile", dockerfile.as_bytes())?;
+        for entry in &self.entries {
+            match &entry.link {
+                Some(target) => {
+                    let mut h = header(0, 0o777);
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    tar.append_link(&mut h, &entry.rel, target)?;
+                }
+                None => {
+                    let mut h = header(entry.size, entry.mode);
+                    tar.append_data(&mut h, &entry.rel, std::fs::File::open(&entry.abs)?)?;
+                }
+            }
+        }
+        let file = std::fs::File::open(&self.binary)?;
+        let size = file.metadata()?.len();
+        let mut h = header(size, 0o755);
+        tar.append_data(&mut h, "kubemark", file)?;
+        tar.into_inner()?.flush()
+    }
+
+    /// Stream the tar in chunks of [`CHUNK`] bytes through a bounded channel:
+    /// at most a few chunks are in memory at once, whatever the binary's size.
+    pub fn stream(
+        self: std::sync::Arc<Self>,
+        events: Events,
+        cancel: Cancel,
+    ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+        tokio::task::spawn_blocking(move || {
+            let mut writer = ChannelWriter {
+                tx: tx.clone(),
+                buf: BytesMut::with_capacity(CHUNK),
+                sent: 0,
+                last_event: Instant::now(),
+                events,
+                cancel,
+            };
+            let result = self.write_tar(&mut writer).and_then(|()| writer.finish());
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+struct ChannelWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: BytesMut,
+    sent: u64,
+    last_event: Instant,
+    events: Events,
+    cancel: Cancel,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> io::Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+        }
+        let chunk = self.buf.split().freeze();
+        self.sent += chunk.len() as u64;
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the engine stopped reading the build context",
+            )
+        })?;
+        self.buf.reserve(CHUNK);
+        if self.last_event.elapsed() >= Duration::from_millis(100) {
+            self.last_event = Instant::now();
+            self.events.emit(Event::ContextSent { bytes: self.sent });
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        self.events.emit(Event::ContextSent { bytes: self.sent });
+        Ok(())
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = CHUNK - self.buf.len();
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let read = std::fs::read_dir(dir).map_err(Error::io("reading", dir))?;
+    for item in read {
+        let item = item.map_err(Error::io("reading", dir))?;
+        let path = item.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(Error::io("reading", &path))?;
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .into_owned();
+        if meta.is_dir() {
+            walk(root, &path, out)?;
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).map_err(Error::io("reading", &path))?;
+            out.push(Entry {
+                rel,
+                abs: path,
+                mode: 0o777,
+                size: 0,
+                link: Some(target),
+            });
+        } else if meta.is_file() {
+            out.push(Entry {
+                rel,
+                abs: path,
+                mode: meta.permissions().mode() & 0o7777,
+                size: meta.len(),
+                link: None,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The image of the last `FROM` (the final stage), if any.
+pub fn final_from(dockerfile: &str) -> Option<String> {
+    dockerfile
+        .lines()
+        .rev()
+        .find_map(parse_from)
+        .map(|f| f.image.to_owned())
+}
+
+struct From<'a> {
+    image: &'a str,
+    image_start: usize,
+}
+
+fn parse_from(line: &str) -> Option<From<'_>> {
+    let trimmed = line.trim_start();
+    let indent = line.len() - trimmed.len();
+    let keyword = trimmed.get(..4)?;
+    if !keyword.eq_ignore_ascii_case("from") || !trimmed[4..].starts_with([' ', '\t']) {
+        return None;
+    }
+    let mut offset = indent + 4;
+    for word in line[offset..].split_whitespace() {
+        let start = offset + line[offset..].find(word)?;
+        offset = start + word.len();
+        if word.starts_with("--") {
+            continue;
+        }
+        return Some(From {
+            image: word,
+            image_start: start,
+        });
+    }
+    None
+}
+
+/// Replace the final stage's base image with `image`, keeping flags and `AS name`.
+pub fn rewrite_from(dockerfile: &str, image: &str) -> Result<(String, String)> {
+    if image != "scratch" {
+        crate::reference::ImageRef::parse(image).map_err(|e| Error::BaseImage {
+            reason: e.to_string(),
+        })?;
+    }
+    let last = dockerfile
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| parse_from(l).is_some())
+        .map(|(i, _)| i)
+        .max()
+        .ok_or_else(|| Error::BaseImage {
+            reason: "the Dockerfile has no FROM line to rewrite".into(),
+        })?;
+    let mut out = String::with_capacity(dockerfile.len() + image.len());
+    for (i, line) in dockerfile.split_inclusive('\n').enumerate() {
+        match parse_from(line).filter(|_| i == last) {
+            Some(from) => {
+                out.push_str(&line[..from.image_start]);
+                out.push_str(image);
+                out.push_str(&line[from.image_start + from.image.len()..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    Ok((out, image.to_owned()))
+}
+
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(Error::io("reading", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(Error::io("reading", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPSTREAM: &str = "# Copyright\n\nFROM registry.k8s.io/build-image/go-runner:v2.3.1-go1.22.0-bookworm.0\n\nCOPY kubemark /kubemark\n";
+
+    #[test]
+    fn rewrites_only_the_final_from() {
+        let (out, base) = rewrite_from(UPSTREAM, "127.0.0.1:5000/base:1").unwrap();
+        assert_eq!(base, "127.0.0.1:5000/base:1");
+        assert_eq!(
+            out,
+            UPSTREAM.replace(
+                "registry.k8s.io/build-image/go-runner:v2.3.1-go1.22.0-bookworm.0",
+                "127.0.0.1:5000/base:1"
+            )
+        );
+
+        let multi = "FROM golang AS build\nRUN make\nfrom --platform=linux/amd64 debian:12 as final\nCOPY --from=build /x /x\n";
+        let (out, _) = rewrite_from(multi, "scratch").unwrap();
+        assert_eq!(
+            out,
+            "FROM golang AS build\nRUN make\nfrom --platform=linux/amd64 scratch as final\nCOPY --from=build /x /x\n"
+        );
+        assert_eq!(final_from(multi).as_deref(), Some("debian:12"));
+    }
+
+    #[test]
+    fn labels_become_one_quoted_instruction() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join(CONTEXT_DIR);
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY kubemark /kubemark",
+        )
+        .unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::write(&bin, "x").unwrap();
+        let mut c = Context::prepare(dir.path(), &bin, None).unwrap();
+        let labels = std::collections::BTreeMap::from([
+            ("a.b".to_owned(), "plain".to_owned()),
+            ("c".to_owned(), "q\"uote $HOME \\".to_owned()),
+        ]);
+        c.set_labels(&labels);
+        assert_eq!(
+            c.dockerfile_sent(),
+            "FROM scratch\nCOPY kubemark /kubemark\nLABEL \"a.b\"=\"plain\" \\\n      \"c\"=\"q\\\"uote \\$HOME \\\\\"\n"
+        );
+    }
+
+    #[test]
+    fn rewrite_refuses_what_it_cannot_do() {
+        assert!(matches!(
+            rewrite_from("COPY a b\n", "scratch"),
+            Err(Error::BaseImage { .. })
+        ));
+        assert!(matches!(
+            rewrite_from(UPSTREAM, "Not A Ref"),
+            Err(Error::BaseImage { .. })
+        ));
+        assert_eq!(final_from("FROMX y\n"), None);
+    }
+
+    #[test]
+    fn tar_holds_dockerfile_files_and_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join(CONTEXT_DIR);
+        std::fs::create_dir_all(ctx.join("sub")).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), UPSTREAM).unwrap();
+        std::fs::write(ctx.join("sub/extra"), "x").unwrap();
+        std::fs::write(ctx.join("kubemark"), "stale copy").unwrap();
+        let bin = dir.path().join("kubemark-bin");
+        std::fs::write(&bin, vec![7u8; 3 * CHUNK + 5]).unwrap();
+
+        let c = Context::prepare(dir.path(), &bin, Some("scratch")).unwrap();
+        assert_eq!(c.base, "scratch");
+        let mut tar_bytes = Vec::new();
+        c.write_tar(&mut tar_bytes).unwrap();
+        let mut archive = tar::Archive::new(tar_bytes.as_slice());
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).unwrap();
+            if path == "kubemark" {
+                assert_eq!(
+                    content.len(),
+                    3 * CHUNK + 5,
+                    "the built binary, not the stale copy"
+                );
+                assert_eq!(entry.header().mode().unwrap(), 0o755);
+            }
+            if path == "Dockerfile" {
+                assert!(String::from_utf8(content).unwrap().contains("FROM scratch"));
+            }
+            seen.push(path);
+        }
+        assert_eq!(seen, ["Dockerfile", "sub/extra", "kubemark"]);
+
+        let same = Context::prepare(dir.path(), &bin, Some("scratch")).unwrap();
+        assert_eq!(same.digest, c.digest);
+        std::fs::write(&bin, vec![8u8; 10]).unwrap();
+        let changed = Context::prepare(dir.path(), &bin, Some("scratch")).unwrap();
+        assert_ne!(changed.digest, c.digest);
+    }
+
+    #[tokio::test]
+    async fn stream_yields_the_same_bytes_in_bounded_chunks() {
+        use futures_util::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join(CONTEXT_DIR);
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY kubemark /kubemark\n",
+        )
+        .unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::write(
+            &bin,
+            (0..2_000_000u32)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let c = std::sync::Arc::new(Context::prepare(dir.path(), &bin, None).unwrap());
+        let mut expected = Vec::new();
+        c.write_tar(&mut expected).unwrap();
+        let mut got = Vec::new();
+        let mut stream = std::pin::pin!(c.clone().stream(Events::discard(), Cancel::new()));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            assert!(chunk.len() <= CHUNK);
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(got, expected);
+    }
+}

@@ -1,0 +1,319 @@
+//! The registry's `/v2/` API, used read-only: does it answer, does it accept our
+//! credentials (Basic or token auth), and which digest does a tag point at.
+//! Pushing goes through the engine.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, WWW_AUTHENTICATE};
+
+use crate::auth::Credentials;
+use crate::error::{Error, Result};
+use crate::reference::ImageRef;
+
+const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+
+#[derive(Clone)]
+enum Auth {
+    Anonymous,
+    Basic(String, String),
+    Bearer(String),
+}
+
+/// A registry that answered `/v2/` and accepted our credentials.
+#[derive(Clone)]
+pub struct Registry {
+    host: String,
+    base: String,
+    client: reqwest::Client,
+    auth: Auth,
+    /// How we authenticated, for messages.
+    pub auth_description: String,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("base", &self.base)
+            .field("auth", &self.auth_description)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// Reach the image's registry and check the credentials for a push to its repository.
+    /// `insecure` allows plain HTTP after HTTPS fails, as the engine does for insecure registries.
+    pub async fn connect(
+        image: &ImageRef,
+        creds: Option<&Credentials>,
+        insecure: bool,
+    ) -> Result<Self> {
+        let host = image.api_host().to_owned();
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("kubemark-xtask/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::RegistryUnreachable {
+                registry: host.clone(),
+                reason: e.to_string(),
+            })?;
+        let unreachable = |e: reqwest::Error| Error::RegistryUnreachable {
+            registry: host.clone(),
+            reason: error_chain(&e),
+        };
+        let mut base = format!("https://{host}");
+        let ping = match client.get(format!("{base}/v2/")).send().await {
+            Ok(response) => response,
+            Err(e) if insecure && (e.is_connect() || e.is_request()) => {
+                base = format!("http://{host}");
+                client
+                    .get(format!("{base}/v2/"))
+                    .send()
+                    .await
+                    .map_err(unreachable)?
+            }
+            Err(e) => return Err(unreachable(e)),
+        };
+        let mut registry = Self {
+            host: host.clone(),
+            base,
+            client,
+            auth: Auth::Anonymous,
+            auth_description: "anonymously".into(),
+        };
+        match ping.status() {
+            s if s.is_success() => return Ok(registry),
+            StatusCode::UNAUTHORIZED => {}
+            s => {
+                return Err(Error::Registry {
+                    registry: host,
+                    doing: "answering GET /v2/".into(),
+                    reason: format!("HTTP {s}; is this a Docker registry (API v2)?"),
+                });
+            }
+        }
+        let Some(creds) = creds else {
+            return Err(Error::RegistryAuthRequired { registry: host });
+        };
+        let challenge = ping
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let rejected = |reason: String| Error::RegistryAuth {
+            registry: host.clone(),
+            credentials: creds.describe(),
+            reason,
+        };
+        let (scheme, params) = parse_challenge(&challenge);
+        if scheme.eq_ignore_ascii_case("basic") {
+            let (user, password) = creds.basic().ok_or_else(|| {
+                rejected(
+                    "the registry wants a user name and password, not an identity token".into(),
+                )
+            })?;
+            let response = registry
+                .client
+                .get(format!("{}/v2/", registry.base))
+                .basic_auth(user, Some(password))
+                .send()
+                .await
+                .map_err(unreachable)?;
+            if !response.status().is_success() {
+                return Err(rejected(format!("HTTP {}", response.status())));
+            }
+            registry.auth = Auth::Basic(user.to_owned(), password.to_owned());
+        } else if scheme.eq_ignore_ascii_case("bearer") {
+            let realm = params
+                .iter()
+                .find(|(k, _)| k == "realm")
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| {
+                    rejected(format!("its challenge `{challenge}` names no token realm"))
+                })?;
+            let service = params
+                .iter()
+                .find(|(k, _)| k == "service")
+                .map(|(_, v)| v.clone());
+            let scope = format!("repository:{}:pull,push", image.repository);
+            let token = registry
+                .token(&realm, service.as_deref(), &scope, creds)
+                .await
+                .map_err(&rejected)?;
+            registry.auth = Auth::Bearer(token);
+        } else {
+            return Err(rejected(format!(
+                "unsupported authentication challenge `{challenge}`"
+            )));
+        }
+        registry.auth_description = format!("with the credentials {}", creds.describe());
+        Ok(registry)
+    }
+
+    async fn token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        creds: &Credentials,
+    ) -> Result<String, String> {
+        let mut query = vec![("scope", scope.to_owned())];
+        if let Some(service) = service {
+            query.push(("service", service.to_owned()));
+        }
+        let request = match (creds.basic(), creds.identity_token()) {
+            (Some((user, password)), _) => self
+                .client
+                .get(realm)
+                .query(&query)
+                .basic_auth(user, Some(password)),
+            (None, Some(refresh)) => {
+                query.push(("grant_type", "refresh_token".into()));
+                query.push(("refresh_token", refresh.to_owned()));
+                query.push(("client_id", "kubemark-xtask".into()));
+                self.client.post(realm).form(&query)
+            }
+            (None, None) => return Err("no usable secret".into()),
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| format!("token request to {realm} failed: {}", error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "the token service {realm} answered HTTP {}",
+                response.status()
+            ));
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let body: Token = response
+            .json()
+            .await
+            .map_err(|e| format!("the token service {realm} sent no token: {e}"))?;
+        body.token
+            .or(body.access_token)
+            .ok_or_else(|| format!("the token service {realm} sent no token"))
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            Auth::Anonymous => request,
+            Auth::Basic(u, p) => request.basic_auth(u, Some(p)),
+            Auth::Bearer(t) => request.bearer_auth(t),
+        }
+    }
+
+    /// The digest the registry serves for the image's tag; `None` if the tag does not exist.
+    pub async fn manifest_digest(&self, image: &ImageRef) -> Result<Option<String>> {
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            self.base, image.repository, image.tag
+        );
+        let fail = |reason: String| Error::Registry {
+            registry: self.host.clone(),
+            doing: format!("looking up {image}"),
+            reason,
+        };
+        let response = self
+            .authorize(self.client.head(&url).header(ACCEPT, MANIFEST_TYPES))
+            .send()
+            .await
+            .map_err(|e| fail(error_chain(&e)))?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)),
+            s => Err(fail(format!("HTTP {s}"))),
+        }
+    }
+
+    /// The URL scheme and host the registry answered on.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+}
+
+/// `Bearer realm="x",service="y"` → ("Bearer", [("realm","x"), ("service","y")]).
+fn parse_challenge(header: &str) -> (String, Vec<(String, String)>) {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    let mut params = Vec::new();
+    let mut rest = rest.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
+            let end = quoted.find('"').unwrap_or(quoted.len());
+            (&quoted[..end], quoted.get(end + 1..).unwrap_or(""))
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        params.push((key, value.to_owned()));
+        rest = remainder.trim_start().trim_start_matches(',').trim_start();
+    }
+    (scheme.to_owned(), params)
+}
+
+/// An error with its causes, which is where reqwest keeps the useful part.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse() {
+        let (scheme, params) = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:a/b:pull""#,
+        );
+        assert_eq!(scheme, "Bearer");
+        assert_eq!(
+            params,
+            vec![
+                (
+                    "realm".to_owned(),
+                    "https://auth.docker.io/token".to_owned()
+                ),
+                ("service".to_owned(), "registry.docker.io".to_owned()),
+                ("scope".to_owned(), "repository:a/b:pull".to_owned()),
+            ]
+        );
+        let (scheme, params) = parse_challenge(r#"Basic realm="Registry Realm""#);
+        assert_eq!(scheme, "Basic");
+        assert_eq!(
+            params,
+            vec![("realm".to_owned(), "Registry Realm".to_owned())]
+        );
+    }
+}

@@ -1,0 +1,708 @@
+//! End-to-end tests of `cargo xtask image` against real parts: the Docker
+//! engine, `docker-registry` on loopback, and `git daemon` serving a generated
+//! fixture repository. The Docker CLI and the git CLI check the results.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+
+use support::{Env, Fixture, GitDaemon, Registry, docker, sh, sha256_hex};
+
+/// One fixture repository served by git daemon.
+struct Upstream {
+    fixture: Fixture,
+    daemon: GitDaemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Fixture::create(dir.path(), "kubernetes");
+        let daemon = GitDaemon::start(dir.path());
+        Self {
+            fixture,
+            daemon,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        self.daemon.url("kubernetes")
+    }
+}
+
+fn git_status(dir: &Path) -> String {
+    sh("git", &["status", "--porcelain", "--ignored=no"], Some(dir))
+}
+
+#[test]
+fn fresh_clone_is_built_pushed_and_pulled_back_then_updates_are_picked_up() {
+    let registry = Registry::start();
+    let upstream = Upstream::new();
+    let env = Env::new();
+    let src = env.path("src/kubernetes");
+    let src_arg = src.to_str().unwrap();
+    let url = upstream.url();
+    let image = format!("{}/kubemark:v1", registry.addr);
+    let _cleanup = docker::Cleanup(vec![image.clone()]);
+    let args = [
+        "image",
+        "--tag",
+        "v1",
+        "--registry",
+        &registry.addr,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src_arg,
+    ];
+
+    // Fresh clone → image pushed.
+    let run = env.xtask(&args);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains(&format!("pushed {image}@sha256:")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("==> source: cloning"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("receiving objects") || run.stderr.contains("received "),
+        "transfer progress is logged: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(": COPY kubemark /kubemark"),
+        "{}",
+        run.stderr
+    );
+    let head1 = upstream.fixture.head();
+    let record = env.record();
+    assert_eq!(record["ref"], image.as_str());
+    assert_eq!(record["commit"], head1.as_str());
+    assert_eq!(record["dirty"], false);
+    let digest1 = registry
+        .digest("kubemark", "v1")
+        .expect("the registry serves the tag");
+    assert_eq!(record["digest"], digest1.as_str());
+    assert_eq!(record["image"], format!("{image}@{digest1}").as_str());
+
+    // The checkout: shallow, one commit, clean, no stray binary copied into the context.
+    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), head1);
+    assert_eq!(
+        sh("git", &["rev-parse", "--is-shallow-repository"], Some(&src)),
+        "true"
+    );
+    assert_eq!(git_status(&src), "");
+    assert!(!src.join("cluster/images/kubemark/kubemark").exists());
+    let binary = std::fs::read(src.join("_output/bin/kubemark")).unwrap();
+    assert_eq!(record["binary_sha256"], sha256_hex(&binary).as_str());
+
+    // Pull it back: /kubemark is the binary, the labels tell where it came from.
+    docker::rmi(&image);
+    docker::pull(&image);
+    assert_eq!(
+        sha256_hex(&docker::read_file(&image, "/kubemark")),
+        sha256_hex(&binary)
+    );
+    let labels = docker::labels(&image);
+    assert_eq!(labels["org.opencontainers.image.revision"], head1);
+    assert_eq!(labels["org.opencontainers.image.source"], url);
+    assert_eq!(labels["org.opencontainers.image.version"], &head1[..12]);
+    assert_eq!(labels["dev.kubemark.dirty"], "false");
+    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 1");
+
+    // Second run: nothing changed, nothing done.
+    let run = env.xtask(&[&args[..], &["--output", "json"]].concat());
+    run.assert_code(0);
+    let out = run.json();
+    assert_eq!(out["status"], "up-to-date");
+    assert_eq!(out["digest"], digest1.as_str());
+    assert!(
+        !run.stderr.contains("==> image"),
+        "no build on a no-op run: {}",
+        run.stderr
+    );
+    assert_eq!(registry.digest("kubemark", "v1").unwrap(), digest1);
+
+    // A new upstream commit is picked up.
+    upstream.fixture.set_version("2");
+    let head2 = upstream.fixture.commit("version 2");
+    let run = env.xtask(&args);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("==> source: updating"),
+        "{}",
+        run.stderr
+    );
+    let record = env.record();
+    assert_eq!(record["commit"], head2.as_str());
+    let digest2 = registry.digest("kubemark", "v1").unwrap();
+    assert_ne!(digest2, digest1);
+    assert_eq!(record["digest"], digest2.as_str());
+    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), head2);
+    docker::rmi(&image);
+    docker::pull(&image);
+    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 2");
+
+    // --force rebuilds and pushes although nothing changed.
+    let run = env.xtask(&[&args[..], &["--force"]].concat());
+    run.assert_code(0);
+    assert!(run.stderr.contains("==> push"), "{}", run.stderr);
+}
+
+#[test]
+fn a_tag_and_a_commit_can_be_asked_for() {
+    let upstream = Upstream::new();
+    let env = Env::new();
+    upstream.fixture.tag("v1.0.0");
+    let tagged = upstream.fixture.head();
+    upstream.fixture.set_version("2");
+    let later = upstream.fixture.commit("version 2");
+    upstream.fixture.set_version("3");
+    let tip = upstream.fixture.commit("version 3");
+    assert_ne!(later, tip);
+    let src = env.path("k");
+    let url = upstream.url();
+    let tag = format!("t{}", support::free_port());
+    let image = format!("kubemark-test.local/kubemark:{tag}");
+    let _cleanup = docker::Cleanup(vec![image.clone()]);
+    let base = [
+        "image",
+        "--no-push",
+        "--registry",
+        "kubemark-test.local",
+        "--tag",
+        &tag,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ];
+
+    let run = env.xtask(&[&base[..], &["--ref", "v1.0.0"]].concat());
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains(&format!("built {image}")),
+        "{}",
+        run.stdout
+    );
+    let record = env.record();
+    assert_eq!(record["commit"], tagged.as_str());
+    assert_eq!(record["version"], "v1.0.0");
+    assert_eq!(
+        docker::labels(&image)["org.opencontainers.image.version"],
+        "v1.0.0"
+    );
+    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 1");
+
+    // A commit that is not the tip of any branch, by its full id.
+    let run = env.xtask(&[&base[..], &["--ref", &later]].concat());
+    run.assert_code(0);
+    assert_eq!(env.record()["commit"], later.as_str());
+    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), later);
+    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 2");
+
+    // A ref that does not exist: usage error, similar names, nothing changed.
+    let run = env.xtask(&[&base[..], &["--ref", "v1.0"]].concat());
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("`v1.0` is not a branch, tag or commit"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("v1.0.0"),
+        "similar names are listed: {}",
+        run.stderr
+    );
+    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), later);
+}
+
+#[test]
+fn a_local_path_works_as_the_repository() {
+    let upstream = Upstream::new();
+    let env = Env::new();
+    let src = env.path("k");
+    let tag = format!("p{}", support::free_port());
+    let image = format!("kubemark-test.local/kubemark:{tag}");
+    let _cleanup = docker::Cleanup(vec![image.clone()]);
+    let repo = upstream.fixture.dir.to_str().unwrap();
+    let run = env.xtask(&[
+        "image",
+        "--no-push",
+        "--registry",
+        "kubemark-test.local",
+        "--tag",
+        &tag,
+        "--kubernetes-repo",
+        repo,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ]);
+    run.assert_code(0);
+    assert_eq!(env.record()["commit"], upstream.fixture.head().as_str());
+    assert!(docker::exists(&image));
+}
+
+#[test]
+fn a_dirty_checkout_is_refused_and_left_untouched_unless_allowed() {
+    let upstream = Upstream::new();
+    let env = Env::new();
+    let src = env.path("k");
+    let url = upstream.url();
+    let tag = format!("d{}", support::free_port());
+    let image = format!("kubemark-test.local/kubemark:{tag}");
+    let _cleanup = docker::Cleanup(vec![image.clone()]);
+    let args = [
+        "image",
+        "--no-push",
+        "--registry",
+        "kubemark-test.local",
+        "--tag",
+        &tag,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ];
+    env.xtask(&args).assert_code(0);
+    let head = upstream.fixture.head();
+
+    // Local edits, and a new upstream commit that would touch the same file.
+    let edited = "#include <stdio.h>\nint main(void) { puts(\"my local work\"); return 0; }\n";
+    std::fs::write(src.join("cmd/kubemark/main.c"), edited).unwrap();
+    std::fs::write(src.join("notes.txt"), "untracked notes\n").unwrap();
+    upstream.fixture.set_version("2");
+    upstream.fixture.commit("version 2");
+
+    let run = env.xtask(&args);
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("has 2 local change(s); nothing was touched"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(" M cmd/kubemark/main.c"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("?? notes.txt"), "{}", run.stderr);
+    assert!(run.stderr.contains("--allow-dirty"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::read_to_string(src.join("cmd/kubemark/main.c")).unwrap(),
+        edited
+    );
+    assert_eq!(
+        std::fs::read_to_string(src.join("notes.txt")).unwrap(),
+        "untracked notes\n"
+    );
+    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), head);
+
+    // --allow-dirty builds the tree as it is and marks the image.
+    let run = env.xtask(&[&args[..], &["--allow-dirty"]].concat());
+    run.assert_code(0);
+    assert!(run.stderr.contains("marked dirty"), "{}", run.stderr);
+    let record = env.record();
+    assert_eq!(record["dirty"], true);
+    assert!(record["version"].as_str().unwrap().ends_with("-dirty"));
+    assert_eq!(docker::labels(&image)["dev.kubemark.dirty"], "true");
+    assert_eq!(docker::run(&image, None, &[]), "my local work");
+    assert_eq!(
+        std::fs::read_to_string(src.join("cmd/kubemark/main.c")).unwrap(),
+        edited
+    );
+    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), head);
+}
+
+#[test]
+fn a_failing_make_shows_the_end_of_its_log() {
+    let registry = Registry::start();
+    let upstream = Upstream::new();
+    upstream
+        .fixture
+        .write("cmd/kubemark/main.c", "int main(void) { this is not C }\n");
+    upstream.fixture.commit("broken");
+    let env = Env::new();
+    let src = env.path("k");
+    let url = upstream.url();
+    let run = env.xtask(&[
+        "image",
+        "--tag",
+        "v1",
+        "--registry",
+        &registry.addr,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ]);
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("`make all WHAT=cmd/kubemark` failed (exit status: 2)"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("last lines of"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("| cmd/kubemark/main.c:1"),
+        "gcc's error is in the tail: {}",
+        run.stderr
+    );
+    let log = env.state().join("make.log");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("error"));
+    assert!(run.stderr.contains(log.to_str().unwrap()));
+    assert_eq!(
+        registry.digest("kubemark", "v1"),
+        None,
+        "nothing was pushed"
+    );
+    assert!(!env.state().join("image.json").exists());
+}
+
+#[test]
+fn an_unreachable_engine_is_explained_before_anything_changes() {
+    let upstream = Upstream::new();
+    let mut env = Env::new();
+    env.set("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let src = env.path("k");
+    let url = upstream.url();
+    let run = env.xtask(&[
+        "image",
+        "--no-push",
+        "--tag",
+        "v1",
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ]);
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("cannot reach the Docker engine at unix:///nonexistent/docker.sock"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("DOCKER_HOST"), "{}", run.stderr);
+    assert!(!src.exists(), "nothing was cloned");
+
+    env.vars.clear();
+    env.set("DOCKER_HOST", "tcp://127.0.0.1:1");
+    let run = env.xtask(&[
+        "image",
+        "--no-push",
+        "--tag",
+        "v1",
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ]);
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("cannot reach the Docker engine at tcp://127.0.0.1:1"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn registry_credentials_are_checked_first_and_never_printed() {
+    let registry = Registry::with_auth("kubemark", "right-password");
+    let upstream = Upstream::new();
+    let env = Env::new();
+    let src = env.path("k");
+    let url = upstream.url();
+    let image = format!("{}/kubemark:v1", registry.addr);
+    let _cleanup = docker::Cleanup(vec![
+        image.clone(),
+        format!("{}/kubemark:v2", registry.addr),
+    ]);
+    let args = [
+        "image",
+        "--tag",
+        "v1",
+        "--registry",
+        &registry.addr,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ];
+
+    // No credentials at all.
+    let run = env.xtask(&args);
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("requires credentials and none were found"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("docker login {}", registry.addr)),
+        "{}",
+        run.stderr
+    );
+    assert!(!src.exists(), "nothing was cloned");
+
+    // A wrong password on stdin.
+    let with_user = [&args[..], &["--registry-username", "kubemark"]].concat();
+    let run = env.xtask_with_stdin(&with_user, Some("wrong-password-xyz\n"));
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("rejected the credentials of user `kubemark` from --registry-username"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("wrong-password-xyz") && !run.stdout.contains("wrong-password-xyz")
+    );
+    assert!(!src.exists(), "nothing was cloned");
+
+    // The right one: pushed.
+    let run = env.xtask_with_stdin(&with_user, Some("right-password\n"));
+    run.assert_code(0);
+    assert!(!run.stderr.contains("right-password") && !run.stdout.contains("right-password"));
+    assert_eq!(
+        registry.digest("kubemark", "v1").as_deref(),
+        env.record()["digest"].as_str()
+    );
+
+    // Credentials from the Docker config, as `docker login` stores them.
+    std::fs::write(
+        env.path("docker/config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"a3ViZW1hcms6cmlnaHQtcGFzc3dvcmQ="}}}}}}"#,
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let run = env.xtask(&[
+        "image",
+        "--tag",
+        "v2",
+        "--registry",
+        &registry.addr,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ]);
+    run.assert_code(0);
+    assert!(run.stderr.contains("the Docker config"), "{}", run.stderr);
+    assert!(registry.digest("kubemark", "v2").is_some());
+}
+
+#[test]
+fn bad_input_is_a_usage_error_and_changes_nothing() {
+    let env = Env::new();
+    let src = env.path("k");
+    let src = src.to_str().unwrap();
+    for (args, expect) in [
+        (vec!["--registry", "127.0.0.1:5000"], "no image tag given"),
+        (vec!["--tag", "v1"], "no registry given"),
+        (
+            vec!["--tag=-v1", "--registry", "127.0.0.1:5000"],
+            "starts with `-`",
+        ),
+        (
+            vec!["--tag", "v1/x", "--registry", "127.0.0.1:5000"],
+            "contains `/`",
+        ),
+        (
+            vec!["--tag", "v1", "--registry", "bad host:5000"],
+            "whitespace",
+        ),
+        (
+            vec!["--tag", "v1", "--registry", "r.io:http"],
+            "port `http`",
+        ),
+        (
+            vec!["--tag", "v1", "--no-push", "--base-image", "Not/A Ref"],
+            "--base-image",
+        ),
+        (
+            vec!["--tag", "v1", "--no-push", "--ref", "master", "--no-update"],
+            "contradict",
+        ),
+        (
+            vec!["--tag", "v1", "--no-push", "--depth", "many"],
+            "invalid value 'many'",
+        ),
+    ] {
+        let all = [&["image", "--source-dir", src][..], &args[..]].concat();
+        let run = env.xtask(&all);
+        assert_eq!(run.code, 2, "{all:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(expect),
+            "{all:?}: expected {expect:?} in {}",
+            run.stderr
+        );
+        assert!(!Path::new(src).exists());
+    }
+    // A settings file with a typo names it.
+    std::fs::write(env.path("kubemark.toml"), "[image]\nregistri = \"x\"\n").unwrap();
+    let run = env.xtask(&["image", "--tag", "v1"]);
+    run.assert_code(2);
+    assert!(run.stderr.contains("registri"), "{}", run.stderr);
+}
+
+#[test]
+fn settings_follow_flags_then_environment_then_file() {
+    let upstream = Upstream::new();
+    let mut env = Env::new();
+    let src = env.path("k");
+    std::fs::write(
+        env.path("kubemark.toml"),
+        format!(
+            "[image]\ntag = \"from-file\"\nregistry = \"file.example\"\nno-push = true\nkubernetes-repo = \"{}\"\nsource-dir = \"{}\"\n",
+            upstream.url(),
+            src.display()
+        ),
+    )
+    .unwrap();
+    let plan = |env: &Env, extra: &[&str]| {
+        let run = env.xtask(&[&["image", "--dry-run", "--output", "json"][..], extra].concat());
+        run.assert_code(0);
+        run.json()
+    };
+    let p = plan(&env, &[]);
+    assert_eq!(p["image"], "file.example/kubemark:from-file");
+    assert_eq!(p["push"], serde_json::Value::Null);
+    assert_eq!(p["source"]["action"], "clone");
+    env.set("KUBEMARK_TAG", "from-env");
+    assert_eq!(plan(&env, &[])["image"], "file.example/kubemark:from-env");
+    assert_eq!(
+        plan(&env, &["--tag", "from-flag"])["image"],
+        "file.example/kubemark:from-flag"
+    );
+    // The dry run changed nothing.
+    assert!(!src.exists());
+    assert!(!env.state().join("image.json").exists());
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_changes_nothing() {
+    let registry = Registry::start();
+    let upstream = Upstream::new();
+    let env = Env::new();
+    let src = env.path("k");
+    let url = upstream.url();
+    let run = env.xtask(&[
+        "image",
+        "--dry-run",
+        "--tag",
+        "v1",
+        "--registry",
+        &registry.addr,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+        "--ref",
+        "master",
+    ]);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("plan (dry run, nothing was changed)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains(&format!(
+            "clone master (refs/heads/master at {})",
+            upstream.fixture.head()
+        )),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("push:    to http://{} anonymously", registry.addr)),
+        "{}",
+        run.stdout
+    );
+    assert!(!src.exists());
+    assert_eq!(registry.digest("kubemark", "v1"), None);
+    assert!(!env.state().join("image.json").exists());
+}
+
+#[test]
+fn base_image_override_rewrites_from() {
+    let upstream = Upstream::new();
+    let env = Env::new();
+    let base = docker::busybox_base();
+    let src = env.path("k");
+    let url = upstream.url();
+    let tag = format!("b{}", support::free_port());
+    let image = format!("kubemark-test.local/kubemark:{tag}");
+    let _cleanup = docker::Cleanup(vec![image.clone()]);
+    let run = env.xtask(&[
+        "image",
+        "--no-push",
+        "--registry",
+        "kubemark-test.local",
+        "--tag",
+        &tag,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+        "--base-image",
+        base,
+    ]);
+    run.assert_code(0);
+    let binary = std::fs::read(src.join("_output/bin/kubemark")).unwrap();
+    // busybox from the base image hashes /kubemark inside the image.
+    let out = docker::run(&image, Some("/bin/sha256sum"), &["/kubemark"]);
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(sha256_hex(&binary).as_str())
+    );
+    assert_eq!(
+        docker::labels(&image)["org.opencontainers.image.base.name"],
+        base
+    );
+    // The checkout's Dockerfile is untouched.
+    assert_eq!(git_status(&src), "");
+}
+
+#[test]
+fn release_workflow_passes_actionlint() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let workflow = root.join(".github/workflows/release.yml");
+    let text = std::fs::read_to_string(&workflow).unwrap();
+    assert!(
+        text.contains("cargo xtask image --tag"),
+        "the release job runs the image task"
+    );
+    assert!(
+        text.contains("tags:") && text.contains("v*"),
+        "it runs on v* tags"
+    );
+    let actionlint = std::env::var("KUBEMARK_ACTIONLINT").unwrap_or_else(|_| "actionlint".into());
+    let output = std::process::Command::new(&actionlint)
+        .arg(&workflow)
+        .current_dir(root)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{actionlint}: {e}; run `cargo xtask ci --provision-only` to install it")
+        });
+    assert!(
+        output.status.success(),
+        "actionlint: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

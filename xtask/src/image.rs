@@ -1,0 +1,439 @@
+//! `cargo xtask image`: flags, environment and `kubemark.toml` into a
+//! [`kubemark_image::Spec`], then the pipeline, drawn as it runs.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+
+use clap::ArgMatches;
+use kubemark_image::{
+    Cancel, Credentials, Error, ImageRef, Outcome, Plan, SourceSpec, Spec, Status,
+};
+
+use crate::Global;
+use crate::config::{explicit, switch};
+use crate::progress::Renderer;
+use crate::report::{self, Failure};
+
+/// Where kubernetes comes from unless told otherwise.
+pub const UPSTREAM: &str = "https://github.com/kubernetes/kubernetes.git";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Build the kubemark image from a kubernetes checkout and push it.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Every flag can also be set as KUBEMARK_<FLAG> (e.g. KUBEMARK_REGISTRY) \
+or in the [image] table of kubemark.toml (e.g. registry = \"127.0.0.1:5000\"); \
+flags win over the environment, which wins over the file."
+)]
+pub struct Args {
+    /// Image tag: the image is REGISTRY/kubemark:TAG. Required.
+    #[arg(long, env = "KUBEMARK_TAG")]
+    tag: Option<String>,
+    /// Registry (and path) to push to, e.g. 127.0.0.1:5000 or gcr.io/my-project. Required unless --no-push.
+    #[arg(long, env = "KUBEMARK_REGISTRY")]
+    registry: Option<String>,
+    /// Kubernetes repository: https, ssh, git:// URL or a local path [default: the upstream GitHub URL].
+    #[arg(long, env = "KUBEMARK_KUBERNETES_REPO", value_name = "URL")]
+    kubernetes_repo: Option<String>,
+    /// Branch, tag or full commit id to build [default: the repository's HEAD].
+    #[arg(long = "ref", env = "KUBEMARK_REF", value_name = "REF")]
+    git_ref: Option<String>,
+    /// Where the kubernetes checkout lives [default: ~/.cache/kubemark/kubernetes].
+    #[arg(long, env = "KUBEMARK_SOURCE_DIR", value_name = "DIR")]
+    source_dir: Option<PathBuf>,
+    /// History depth to fetch; 0 fetches all of it [default: 1].
+    #[arg(long, env = "KUBEMARK_DEPTH")]
+    depth: Option<u32>,
+    /// Build the checkout as it is, without fetching.
+    #[arg(long, env = "KUBEMARK_NO_UPDATE")]
+    no_update: bool,
+    /// Build a checkout with local changes as it is; the image is labelled dirty.
+    #[arg(long, env = "KUBEMARK_ALLOW_DIRTY")]
+    allow_dirty: bool,
+    /// Replace the base image (the Dockerfile's final FROM), e.g. a mirror of go-runner.
+    #[arg(long, env = "KUBEMARK_BASE_IMAGE", value_name = "IMAGE")]
+    base_image: Option<String>,
+    /// Build the image but do not push it.
+    #[arg(long, env = "KUBEMARK_NO_PUSH")]
+    no_push: bool,
+    /// Build and push even if nothing changed since the last run.
+    #[arg(long, env = "KUBEMARK_FORCE")]
+    force: bool,
+    /// Check everything and print the plan; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Registry user; the password is read from stdin. Default: the Docker config's credentials.
+    #[arg(long, env = "KUBEMARK_REGISTRY_USERNAME", value_name = "USER")]
+    registry_username: Option<String>,
+    /// Result format on stdout.
+    #[arg(long, value_enum, env = "KUBEMARK_OUTPUT")]
+    output: Option<Output>,
+}
+
+pub fn run(args: Args, matches: &ArgMatches, global: &Global) -> Result<(), Failure> {
+    let file = &global.settings.image;
+    let output = match (args.output, &file.output) {
+        (Some(o), _) => o,
+        (None, Some(text)) => match text.as_str() {
+            "json" => Output::Json,
+            "text" => Output::Text,
+            other => {
+                return Err(Failure::usage(
+                    format!("output = \"{other}\" in the settings file is not a format"),
+                    "use \"text\" or \"json\"",
+                ));
+            }
+        },
+        (None, None) => Output::Text,
+    };
+    let json = output == Output::Json;
+    let spec = spec(args, matches, global).map_err(|f| f.json(json))?;
+    let (spec, dry_run) = spec;
+
+    let renderer = Renderer::new(global.verbose);
+    let events = renderer.events();
+    let cancel = Cancel::new();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let interrupt = {
+            let cancel = cancel.clone();
+            let renderer = renderer.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    renderer.line(
+                        "interrupted: stopping at the next safe point (Ctrl-C again to quit now)",
+                    );
+                    cancel.cancel();
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        std::process::exit(i32::from(report::INTERRUPTED));
+                    }
+                }
+            })
+        };
+        let prepared = kubemark_image::preflight(&spec, &events).await;
+        let result = match prepared {
+            Ok(prepared) if dry_run => Ok(Done::Plan(Box::new(prepared.plan))),
+            Ok(prepared) => kubemark_image::execute(&spec, prepared, &events, &cancel)
+                .await
+                .map(|o| Done::Outcome(Box::new(o))),
+            Err(e) => Err(e),
+        };
+        interrupt.abort();
+        result
+    });
+    renderer.finish();
+    match result {
+        Ok(Done::Plan(plan)) => {
+            print_plan(&plan, json);
+            Ok(())
+        }
+        Ok(Done::Outcome(outcome)) => {
+            print_outcome(&outcome, json);
+            Ok(())
+        }
+        Err(e) => Err(failure(e, &spec).json(json)),
+    }
+}
+
+enum Done {
+    Plan(Box<Plan>),
+    Outcome(Box<Outcome>),
+}
+
+fn default_source_dir() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("kubemark").join("kubernetes")
+}
+
+/// Layer flags over environment over file over defaults, and check the result.
+fn spec(args: Args, matches: &ArgMatches, global: &Global) -> Result<(Spec, bool), Failure> {
+    let file = global.settings.image.clone();
+    let settings_file = global
+        .settings
+        .path
+        .clone()
+        .unwrap_or_else(|| crate::config::workspace_root().join("kubemark.toml"));
+    let from_file = format!(
+        ", or set `tag` under [image] in {}",
+        settings_file.display()
+    );
+    let tag = args.tag.or(file.tag).ok_or_else(|| {
+        Failure::usage(
+            "no image tag given",
+            format!("pass --tag (e.g. --tag v1.32.0-1), set KUBEMARK_TAG{from_file}"),
+        )
+    })?;
+    let no_push = switch(matches, "no_push", args.no_push, file.no_push);
+    let registry = match args.registry.or(file.registry) {
+        Some(r) => r,
+        None if no_push => "staging-k8s.gcr.io".to_owned(),
+        None => {
+            return Err(Failure::usage(
+                "no registry given to push to",
+                "pass --registry (e.g. --registry 127.0.0.1:5000), set KUBEMARK_REGISTRY, or pass --no-push to only build",
+            ));
+        }
+    };
+    let image = ImageRef::kubemark(&registry, &tag).map_err(|e| {
+        Failure::usage(
+            e.to_string(),
+            "--registry is a host[:port][/path] such as 127.0.0.1:5000 or gcr.io/my-project, and --tag is like v1.32.0-1",
+        )
+    })?;
+    let depth = args.depth.or(file.depth).unwrap_or(1);
+    let username = args.registry_username.or(file.registry_username);
+    let credentials = match username {
+        Some(user) if !no_push => Some(read_password(&user)?),
+        _ => None,
+    };
+    if let Some(base) = args.base_image.as_deref().or(file.base_image.as_deref())
+        && base != "scratch"
+        && let Err(e) = ImageRef::parse(base)
+    {
+        return Err(Failure::usage(
+            format!("--base-image: {e}"),
+            "give an image reference such as 127.0.0.1:5000/go-runner:v2.4.0 or `scratch`",
+        ));
+    }
+    let source = SourceSpec {
+        url: args
+            .kubernetes_repo
+            .or(file.kubernetes_repo)
+            .unwrap_or_else(|| UPSTREAM.to_owned()),
+        git_ref: args.git_ref.or(file.git_ref),
+        dir: args
+            .source_dir
+            .or(file.source_dir)
+            .unwrap_or_else(default_source_dir),
+        depth,
+        update: !switch(matches, "no_update", args.no_update, file.no_update),
+        allow_dirty: switch(matches, "allow_dirty", args.allow_dirty, file.allow_dirty),
+    };
+    if explicit(matches, "git_ref") && !source.update {
+        return Err(Failure::usage(
+            "--ref and --no-update contradict each other",
+            "drop --no-update to fetch the ref, or drop --ref to build what is checked out",
+        ));
+    }
+    let spec = Spec {
+        image,
+        source,
+        base_image: args.base_image.or(file.base_image),
+        push: !no_push,
+        force: switch(matches, "force", args.force, file.force),
+        credentials,
+        state_dir: global.state_dir.clone(),
+    };
+    Ok((spec, args.dry_run))
+}
+
+fn read_password(user: &str) -> Result<Credentials, Failure> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err(Failure::usage(
+            "--registry-username reads the password from stdin, and stdin is a terminal",
+            "pipe it in: `printf %s \"$REGISTRY_PASSWORD\" | cargo xtask image ... --registry-username USER`",
+        ));
+    }
+    let mut password = String::new();
+    stdin.lock().read_to_string(&mut password).map_err(|e| {
+        Failure::usage(
+            format!("cannot read the password from stdin: {e}"),
+            "pipe the password on stdin",
+        )
+    })?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(Failure::usage(
+            "--registry-username was given but stdin held no password",
+            "pipe the password on stdin",
+        ));
+    }
+    Ok(Credentials::password(user, password))
+}
+
+fn print_plan(plan: &Plan, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(plan).unwrap_or_default());
+        return;
+    }
+    let s = &plan.source;
+    println!("plan (dry run, nothing was changed):");
+    println!("  image:   {}", plan.image);
+    println!("  engine:  {}", plan.engine);
+    let what = match &s.git_ref {
+        Some(r) => format!(
+            "{} ({} at {})",
+            r.asked,
+            r.refname.as_deref().unwrap_or("commit"),
+            r.commit.as_deref().unwrap_or("?")
+        ),
+        None => "what is checked out".into(),
+    };
+    println!(
+        "  source:  {} {} of {} into {} (depth {})",
+        s.action,
+        what,
+        s.repository,
+        s.dir.display(),
+        s.depth
+    );
+    for change in &s.changes {
+        println!("           local change: {change}");
+    }
+    println!(
+        "  build:   {} (log: {})",
+        plan.build.command,
+        plan.build.log.display()
+    );
+    println!(
+        "  image:   {}{}",
+        plan.build.dockerfile.display(),
+        plan.build
+            .base_image
+            .as_ref()
+            .map(|b| format!(" with FROM {b}"))
+            .unwrap_or_default()
+    );
+    match &plan.push {
+        Some(p) => println!("  push:    to {} {}", p.registry, p.auth),
+        None => println!("  push:    no (--no-push)"),
+    }
+    println!("  record:  {}", plan.record.display());
+}
+
+fn print_outcome(outcome: &Outcome, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(outcome).unwrap_or_default()
+        );
+        return;
+    }
+    let r = &outcome.record;
+    match outcome.status {
+        Status::UpToDate => println!(
+            "up to date: {} (nothing changed since the last run)",
+            r.image
+        ),
+        Status::Pushed => println!("pushed {}", r.image),
+        Status::Built => println!("built {} (not pushed)", r.image),
+    }
+    println!(
+        "  commit {} version {}{}",
+        r.commit,
+        r.version,
+        if r.dirty { " (dirty)" } else { "" }
+    );
+    println!("  record {}", outcome.record_path.display());
+}
+
+/// The library's error, with what to do about it.
+fn failure(e: Error, spec: &Spec) -> Failure {
+    let code = if matches!(e, Error::Cancelled) {
+        report::INTERRUPTED
+    } else if e.is_usage() {
+        report::USAGE
+    } else {
+        report::FAILED
+    };
+    let registry = spec.image.registry.clone();
+    let mut details = Vec::new();
+    let hint: Option<String> = match &e {
+        Error::Reference(_) => Some("e.g. --registry 127.0.0.1:5000 --tag v1.32.0-1".into()),
+        Error::Usage(_) => None,
+        Error::EngineUnreachable { .. } => Some(
+            "start the engine (`systemctl start docker`, or run `dockerd`), or point DOCKER_HOST at it: \
+             DOCKER_HOST=unix:///path/to/docker.sock or DOCKER_HOST=tcp://host:2375"
+                .into(),
+        ),
+        Error::Engine { .. } => Some("see the engine's log (`journalctl -u docker`)".into()),
+        Error::RegistryUnreachable { .. } => Some(format!(
+            "check that the registry at {registry} runs and that --registry is right; a registry served over plain \
+             HTTP must be in the engine's insecure-registries (loopback addresses are)"
+        )),
+        Error::RegistryAuthRequired { .. } => Some(format!(
+            "run `docker login {registry}`, or pass --registry-username USER with the password on stdin"
+        )),
+        Error::RegistryAuth { .. } => Some(format!(
+            "check the user name and password: `docker login {registry}` again, or pass --registry-username USER \
+             with the password on stdin"
+        )),
+        Error::Registry { .. } => None,
+        Error::Credentials { .. } => Some(
+            "fix the Docker config (DOCKER_CONFIG or ~/.docker/config.json) or pass --registry-username USER with \
+             the password on stdin"
+                .into(),
+        ),
+        Error::RemoteUnreachable { .. } => Some(
+            "check --kubernetes-repo and the network; for ssh URLs an ssh agent or ~/.ssh key is used, for https \
+             git's credential helpers"
+                .into(),
+        ),
+        Error::RefNotFound { similar, .. } => {
+            if !similar.is_empty() {
+                details.push(format!("similar names: {}", similar.join(", ")));
+            }
+            Some("pass --ref with a branch, a tag or a full 40-character commit id".into())
+        }
+        Error::NotACheckout { .. } => {
+            Some("pass --source-dir with a kubernetes checkout, or with a new or empty directory to clone into".into())
+        }
+        Error::NoCheckout { .. } => Some("drop --no-update to clone it, or pass --source-dir with a checkout".into()),
+        Error::Dirty { dir, changes } => {
+            details.extend(changes.iter().take(20).cloned());
+            if changes.len() > 20 {
+                details.push(format!("... and {} more", changes.len() - 20));
+            }
+            Some(format!(
+                "commit or stash them (`git -C {} stash --include-untracked`), or pass --allow-dirty to build the \
+                 checkout as it is (the image is labelled dirty)",
+                dir.display()
+            ))
+        }
+        Error::Git { .. } => None,
+        Error::MissingTool { program, .. } => Some(match program.as_str() {
+            "go" => "install Go (https://go.dev/doc/install) and put it on PATH".into(),
+            other => format!("install {other} (Debian: apt-get install {other}) and put it on PATH"),
+        }),
+        Error::MakeFailed { log, tail, .. } => {
+            details.push(format!("last lines of {}:", log.display()));
+            details.extend(tail.iter().map(|l| format!("| {l}")));
+            Some(format!("the whole log is {}; -v shows make's output as it runs", log.display()))
+        }
+        Error::NoBinary { log, .. } => Some(format!(
+            "see {}; with KUBE_BUILD_PLATFORMS the binary is in _output/local/bin/OS/ARCH",
+            log.display()
+        )),
+        Error::NoDockerfile { .. } => Some(
+            "is --source-dir a kubernetes checkout? The kubemark Dockerfile is in cluster/images/kubemark/".into(),
+        ),
+        Error::BaseImage { .. } => Some("give --base-image an image reference, e.g. 127.0.0.1:5000/go-runner:v2".into()),
+        Error::BuildFailed { .. } => Some(
+            "the engine's message is above; the base image must exist locally or be pullable (see --base-image)"
+                .into(),
+        ),
+        Error::PushFailed { .. } => Some(format!("check that the credentials may push to {}", spec.image.name())),
+        Error::Io { .. } => None,
+        Error::Locked { .. } => None,
+        Error::Cancelled => Some("nothing was recorded; run the same command again to continue".into()),
+    };
+    Failure {
+        message: e.to_string(),
+        details,
+        hint,
+        code,
+        json: false,
+    }
+}

@@ -1,0 +1,100 @@
+//! `cargo xtask`: the kubemark tool's command line. This file only parses and
+//! dispatches; each task lives in its own module with its flags and its `run`.
+
+mod ci;
+mod config;
+mod image;
+mod progress;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use report::Failure;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Stand up kubemark clusters: build the kubemark image, deploy hollow nodes",
+    arg_required_else_help = true
+)]
+struct Cli {
+    /// More output: -v shows make's and the build's output, -vv adds debug logs.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    /// Settings file (flags win over KUBEMARK_* variables, which win over this file).
+    #[arg(long, global = true, env = "KUBEMARK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Where records and logs go.
+    #[arg(long, global = true, env = "KUBEMARK_STATE_DIR", value_name = "DIR", default_value_os_t = config::default_state_dir())]
+    state_dir: PathBuf,
+
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Clone or update kubernetes, build cmd/kubemark, build and push the kubemark image.
+    Image(image::Args),
+    /// Provision what the tests need, then run fmt, clippy and the whole test suite.
+    Ci(ci::Args),
+}
+
+/// What every task gets besides its own flags.
+#[derive(Debug)]
+pub struct Global {
+    pub verbose: u8,
+    pub state_dir: PathBuf,
+    pub settings: config::Settings,
+}
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_logging(cli.verbose);
+    let settings = match config::Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(failure) => return failure.report(),
+    };
+    let global = Global {
+        verbose: cli.verbose,
+        state_dir: cli.state_dir,
+        settings,
+    };
+    let sub = matches
+        .subcommand()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
+    let result: Result<(), Failure> = match cli.task {
+        Task::Image(args) => image::run(args, &sub, &global),
+        Task::Ci(args) => ci::run(args, &global),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 | 1 => "warn",
+        2 => "info,kubemark_image=debug,xtask=debug",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
