@@ -152,8 +152,7 @@ impl Engine {
 
     /// Whether the engine talks plain HTTP to this registry (`insecure-registries`, 127.0.0.0/8).
     pub fn is_insecure_registry(&self, image: &ImageRef) -> bool {
-        if self.insecure_registries.contains(&image.registry)
-        {
+        if self.insecure_registries.contains(&image.registry) {
             return true;
         }
         let host = crate::reference::host_without_port(&image.registry);
