@@ -367,6 +367,177 @@ fn a_failing_make_shows_the_end_of_its_log() {
 }
 
 #[test]
+fn missing_tools_and_a_missing_binary_are_explained() {
+    let upstream = Upstream::new();
+    let env = Env::new();
+    let src = env.path("k");
+    let url = upstream.url();
+    let tag = format!("m{}", support::free_port());
+    let base = [
+        "image",
+        "--no-push",
+        "--registry",
+        "kubemark-test.local",
+        "--tag",
+        &tag,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ];
+
+    // No make on PATH: refused before anything is cloned.
+    let empty = env.path("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut no_make = Env::new();
+    no_make.set("PATH", empty.to_str().unwrap());
+    let run = no_make.xtask(&base);
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("`make` is not on PATH"),
+        "{}",
+        run.stderr
+    );
+    assert!(!src.exists());
+
+    // A Go module (as kubernetes is) needs go: make alone is not enough.
+    let make_only = env.path("make-only");
+    std::fs::create_dir_all(&make_only).unwrap();
+    std::os::unix::fs::symlink(kubemark_image_make(), make_only.join("make")).unwrap();
+    upstream
+        .fixture
+        .write("go.mod", "module k8s.io/kubernetes\n\ngo 1.22\n");
+    upstream.fixture.commit("a go module");
+    let mut no_go = Env::new();
+    no_go.set("PATH", make_only.to_str().unwrap());
+    let run = no_go.xtask(&base);
+    run.assert_code(1);
+    assert!(run.stderr.contains("`go` is not on PATH"), "{}", run.stderr);
+    assert!(run.stderr.contains("is a Go module"), "{}", run.stderr);
+
+    // make succeeds but writes no binary (in a new checkout: the one above is a Go module).
+    upstream.fixture.git(&["rm", "--quiet", "go.mod"]);
+    upstream
+        .fixture
+        .write("Makefile", "all:\n\t@echo nothing to build\n");
+    upstream.fixture.commit("a Makefile that builds nothing");
+    let other = env.path("k2");
+    let run = env.xtask(&[&base[..8], &["--source-dir", other.to_str().unwrap()]].concat());
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("succeeded but did not produce"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("_output/bin/kubemark"),
+        "{}",
+        run.stderr
+    );
+}
+
+fn kubemark_image_make() -> String {
+    sh("sh", &["-c", "command -v make"], None)
+}
+
+#[test]
+fn engine_build_errors_are_reported_with_their_step() {
+    let upstream = Upstream::new();
+    upstream.fixture.write(
+        "cluster/images/kubemark/Dockerfile",
+        "FROM scratch\nCOPY kubemark /kubemark\nCOPY no-such-file /etc/no-such-file\n",
+    );
+    upstream.fixture.commit("a Dockerfile that cannot build");
+    let env = Env::new();
+    let src = env.path("k");
+    let url = upstream.url();
+    let tag = format!("e{}", support::free_port());
+    let run = env.xtask(&[
+        "image",
+        "-v",
+        "--no-push",
+        "--registry",
+        "kubemark-test.local",
+        "--tag",
+        &tag,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ]);
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("the image build failed at `COPY no-such-file /etc/no-such-file`"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("no-such-file"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("make| +++ [fixture] Building"),
+        "-v shows make's output: {}",
+        run.stderr
+    );
+    assert!(!docker::exists(&format!(
+        "kubemark-test.local/kubemark:{tag}"
+    )));
+}
+
+#[test]
+fn ctrl_c_stops_the_run_with_130_and_records_nothing() {
+    let upstream = Upstream::new();
+    upstream.fixture.write(
+        "Makefile",
+        "all:\n\t@echo building slowly\n\tsleep 60\n\tmkdir -p _output/bin && cp /bin/true _output/bin/kubemark\n",
+    );
+    upstream.fixture.commit("a slow build");
+    let env = Env::new();
+    let src = env.path("k");
+    let url = upstream.url();
+    let mut child = env.spawn(&[
+        "image",
+        "--no-push",
+        "--tag",
+        "v1",
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let line = line.unwrap();
+            if line.starts_with("==> make") {
+                let _ = tx.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("make starts");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    sh("kill", &["-INT", &child.id().to_string()], None);
+    let status = child.wait().unwrap();
+    let seen = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("interrupted: stopping"), "{seen}");
+    assert!(seen.contains("error: cancelled"), "{seen}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "make was stopped, not waited for"
+    );
+    assert!(!env.state().join("image.json").exists());
+    // The checkout is complete and clean: the next run picks up from there.
+    assert_eq!(git_status(&src), "");
+}
+
+#[test]
 fn an_unreachable_engine_is_explained_before_anything_changes() {
     let upstream = Upstream::new();
     let mut env = Env::new();

@@ -349,7 +349,17 @@ impl Env {
         self.xtask_with_stdin(args, None)
     }
 
-    pub fn xtask_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+    /// Start the binary with piped stdout and stderr, and return at once.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        let mut command = self.command(args);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command.spawn().unwrap()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
         command.args(args);
         for (key, _) in std::env::vars() {
@@ -367,6 +377,11 @@ impl Env {
         for (k, v) in &self.vars {
             command.env(k, v);
         }
+        command
+    }
+
+    pub fn xtask_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut command = self.command(args);
         command.stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

@@ -2,7 +2,7 @@
 //! (throttled) otherwise. Everything goes to stderr; stdout is for results.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -89,7 +89,10 @@ impl State {
             Some(multi) => {
                 let _ = multi.println(text);
             }
-            None => eprintln!("{text}"),
+            // A closed stderr must not stop the run.
+            None => {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }
         }
     }
 

@@ -4,7 +4,6 @@
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::event::{Cancel, Event, Events};
@@ -80,18 +79,24 @@ pub fn run(checkout: &Path, log: &Path, events: &Events, cancel: &Cancel) -> Res
         .stderr_to_stdout()
         .stdin_null()
         .unchecked()
+        // Its own process group, so that cancelling stops make and every compiler it started.
+        .before_spawn(|command| {
+            std::os::unix::process::CommandExt::process_group(command, 0);
+            Ok(())
+        })
         .reader()
         .map_err(|e| Error::MissingTool {
             program: "make".into(),
             needed_for: format!("build cmd/kubemark ({e})"),
         })?;
-    let handle = Arc::new(handle);
-    let killer = Arc::clone(&handle);
+    let group = handle.pids().first().copied();
     let guard = cancel.on_cancel(move || {
-        let _ = killer.kill();
+        if let Some(pid) = group.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+        }
     });
     let mut tail = std::collections::VecDeque::with_capacity(TAIL_LINES);
-    let mut reader = BufReader::new(&*handle);
+    let mut reader = BufReader::new(&handle);
     let mut line = Vec::new();
     loop {
         line.clear();
