@@ -20,8 +20,8 @@ struct Upstream {
 impl Upstream {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let fixture = Fixture::create(dir.path(), "kubernetes");
-        let daemon = GitDaemon::start(dir.path());
+        let fixture = Fixture::create(dir.path(), "kubernetes").unwrap();
+        let daemon = GitDaemon::start(dir.path()).unwrap();
         Self {
             fixture,
             daemon,
@@ -79,7 +79,7 @@ fn fresh_clone_is_built_pushed_and_pulled_back_then_updates_are_picked_up() {
         "{}",
         run.stderr
     );
-    let head1 = upstream.fixture.head();
+    let head1 = upstream.fixture.head().unwrap();
     let record = env.record();
     assert_eq!(record["ref"], image.as_str());
     assert_eq!(record["commit"], head1.as_str());
@@ -129,8 +129,8 @@ fn fresh_clone_is_built_pushed_and_pulled_back_then_updates_are_picked_up() {
     assert_eq!(registry.digest("kubemark", "v1").unwrap(), digest1);
 
     // A new upstream commit is picked up.
-    upstream.fixture.set_version("2");
-    let head2 = upstream.fixture.commit("version 2");
+    upstream.fixture.set_version("2").unwrap();
+    let head2 = upstream.fixture.commit("version 2").unwrap();
     let run = env.xtask(&args);
     run.assert_code(0);
     assert!(
@@ -158,12 +158,12 @@ fn fresh_clone_is_built_pushed_and_pulled_back_then_updates_are_picked_up() {
 fn a_tag_and_a_commit_can_be_asked_for() {
     let upstream = Upstream::new();
     let env = Env::new();
-    upstream.fixture.tag("v1.0.0");
-    let tagged = upstream.fixture.head();
-    upstream.fixture.set_version("2");
-    let later = upstream.fixture.commit("version 2");
-    upstream.fixture.set_version("3");
-    let tip = upstream.fixture.commit("version 3");
+    upstream.fixture.tag("v1.0.0").unwrap();
+    let tagged = upstream.fixture.head().unwrap();
+    upstream.fixture.set_version("2").unwrap();
+    let later = upstream.fixture.commit("version 2").unwrap();
+    upstream.fixture.set_version("3").unwrap();
+    let tip = upstream.fixture.commit("version 3").unwrap();
     assert_ne!(later, tip);
     let src = env.path("k");
     let url = upstream.url();
@@ -244,7 +244,10 @@ fn a_local_path_works_as_the_repository() {
         src.to_str().unwrap(),
     ]);
     run.assert_code(0);
-    assert_eq!(env.record()["commit"], upstream.fixture.head().as_str());
+    assert_eq!(
+        env.record()["commit"],
+        upstream.fixture.head().unwrap().as_str()
+    );
     assert!(docker::exists(&image));
 }
 
@@ -270,14 +273,14 @@ fn a_dirty_checkout_is_refused_and_left_untouched_unless_allowed() {
         src.to_str().unwrap(),
     ];
     env.xtask(&args).assert_code(0);
-    let head = upstream.fixture.head();
+    let head = upstream.fixture.head().unwrap();
 
     // Local edits, and a new upstream commit that would touch the same file.
     let edited = "#include <stdio.h>\nint main(void) { puts(\"my local work\"); return 0; }\n";
     std::fs::write(src.join("cmd/kubemark/main.c"), edited).unwrap();
     std::fs::write(src.join("notes.txt"), "untracked notes\n").unwrap();
-    upstream.fixture.set_version("2");
-    upstream.fixture.commit("version 2");
+    upstream.fixture.set_version("2").unwrap();
+    upstream.fixture.commit("version 2").unwrap();
 
     let run = env.xtask(&args);
     run.assert_code(1);
@@ -326,8 +329,9 @@ fn a_failing_make_shows_the_end_of_its_log() {
     let upstream = Upstream::new();
     upstream
         .fixture
-        .write("cmd/kubemark/main.c", "int main(void) { this is not C }\n");
-    upstream.fixture.commit("broken");
+        .write("cmd/kubemark/main.c", "int main(void) { this is not C }\n")
+        .unwrap();
+    upstream.fixture.commit("broken").unwrap();
     let env = Env::new();
     let src = env.path("k");
     let url = upstream.url();
@@ -406,8 +410,9 @@ fn missing_tools_and_a_missing_binary_are_explained() {
     std::os::unix::fs::symlink(kubemark_image_make(), make_only.join("make")).unwrap();
     upstream
         .fixture
-        .write("go.mod", "module k8s.io/kubernetes\n\ngo 1.22\n");
-    upstream.fixture.commit("a go module");
+        .write("go.mod", "module k8s.io/kubernetes\n\ngo 1.22\n")
+        .unwrap();
+    upstream.fixture.commit("a go module").unwrap();
     let mut no_go = Env::new();
     no_go.set("PATH", make_only.to_str().unwrap());
     let run = no_go.xtask(&base);
@@ -416,11 +421,15 @@ fn missing_tools_and_a_missing_binary_are_explained() {
     assert!(run.stderr.contains("is a Go module"), "{}", run.stderr);
 
     // make succeeds but writes no binary (in a new checkout: the one above is a Go module).
-    upstream.fixture.git(&["rm", "--quiet", "go.mod"]);
+    upstream.fixture.git(&["rm", "--quiet", "go.mod"]).unwrap();
     upstream
         .fixture
-        .write("Makefile", "all:\n\t@echo nothing to build\n");
-    upstream.fixture.commit("a Makefile that builds nothing");
+        .write("Makefile", "all:\n\t@echo nothing to build\n")
+        .unwrap();
+    upstream
+        .fixture
+        .commit("a Makefile that builds nothing")
+        .unwrap();
     let other = env.path("k2");
     let run = env.xtask(&[&base[..8], &["--source-dir", other.to_str().unwrap()]].concat());
     run.assert_code(1);
@@ -443,11 +452,17 @@ fn kubemark_image_make() -> String {
 #[test]
 fn engine_build_errors_are_reported_with_their_step() {
     let upstream = Upstream::new();
-    upstream.fixture.write(
-        "cluster/images/kubemark/Dockerfile",
-        "FROM scratch\nCOPY kubemark /kubemark\nCOPY no-such-file /etc/no-such-file\n",
-    );
-    upstream.fixture.commit("a Dockerfile that cannot build");
+    upstream
+        .fixture
+        .write(
+            "cluster/images/kubemark/Dockerfile",
+            "FROM scratch\nCOPY kubemark /kubemark\nCOPY no-such-file /etc/no-such-file\n",
+        )
+        .unwrap();
+    upstream
+        .fixture
+        .commit("a Dockerfile that cannot build")
+        .unwrap();
     let env = Env::new();
     let src = env.path("k");
     let url = upstream.url();
@@ -489,8 +504,9 @@ fn ctrl_c_stops_the_run_with_130_and_records_nothing() {
     upstream.fixture.write(
         "Makefile",
         "all:\n\t@echo building slowly\n\tsleep 60\n\tmkdir -p _output/bin && cp /bin/true _output/bin/kubemark\n",
-    );
-    upstream.fixture.commit("a slow build");
+    )
+    .unwrap();
+    upstream.fixture.commit("a slow build").unwrap();
     let env = Env::new();
     let src = env.path("k");
     let url = upstream.url();
@@ -793,7 +809,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     assert!(
         run.stdout.contains(&format!(
             "clone master (refs/heads/master at {})",
-            upstream.fixture.head()
+            upstream.fixture.head().unwrap()
         )),
         "{}",
         run.stdout

@@ -1,0 +1,326 @@
+//! Real parts for the end-to-end tests and the benchmarks: Debian's
+//! `docker-registry` on a loopback port (optionally behind htpasswd), `git
+//! daemon`, and generated fixture "kubernetes" repositories (a Makefile that
+//! honours `WHAT=cmd/kubemark` and builds a static `_output/bin/kubemark`, and
+//! `cluster/images/kubemark/Dockerfile`). `cargo xtask ci` installs what these
+//! need. Test code, not product code: nothing in `crates/image` uses it.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (another process may take it first; tests accept that).
+pub fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!(
+                "{what} exited early with {status}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(io::Error::other(format!(
+        "{what} did not listen on port {port} within 20s"
+    )))
+}
+
+/// Whether `program` is on PATH.
+pub fn installed(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+fn require(program: &str) -> io::Result<()> {
+    if installed(program) {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "`{program}` is not installed; run `cargo xtask ci --provision-only` first"
+        )))
+    }
+}
+
+/// Run a command and return its trimmed stdout; its output is in the error if it fails.
+pub fn run(program: &str, args: &[&str], dir: Option<&Path>) -> io::Result<String> {
+    let mut command = Command::new(program);
+    command.args(args).stdin(Stdio::null());
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let output = command
+        .output()
+        .map_err(|e| io::Error::other(format!("{program}: {e}")))?;
+    if !output.status.success() {
+        return Err(io::Error::other(format!(
+            "`{program} {}` failed ({}): {}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `docker-registry` (distribution 2.8) on a loopback port, with filesystem storage.
+#[derive(Debug)]
+pub struct Registry {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    pub auth: Option<(String, String)>,
+    pub dir: PathBuf,
+    _child: Guard,
+}
+
+impl Registry {
+    /// Start a registry keeping its data in `dir`; with `auth`, it wants that
+    /// user and password (htpasswd, bcrypt).
+    pub fn start(dir: &Path, auth: Option<(&str, &str)>) -> io::Result<Self> {
+        require("docker-registry")?;
+        std::fs::create_dir_all(dir)?;
+        let port = free_port()?;
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-secret\n",
+            dir.join("data").display()
+        );
+        if let Some((user, password)) = auth {
+            require("htpasswd")?;
+            let line = run("htpasswd", &["-Bbn", user, password], None)?;
+            let file = dir.join("htpasswd");
+            std::fs::write(&file, format!("{line}\n"))?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kubemark-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let config_path = dir.join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.join("registry.log"))?;
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        wait_for_port(port, "docker-registry", &mut child)?;
+        Ok(Self {
+            addr: format!("127.0.0.1:{port}"),
+            auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            dir: dir.to_owned(),
+            _child: Guard(child),
+        })
+    }
+
+    /// The digest the registry serves for `repository:tag` (read with curl), if any.
+    pub fn digest(&self, repository: &str, tag: &str) -> io::Result<Option<String>> {
+        let url = format!("http://{}/v2/{repository}/manifests/{tag}", self.addr);
+        let mut args = vec![
+            "-sS".to_owned(),
+            "-I".to_owned(),
+            "-H".to_owned(),
+            "Accept: application/vnd.docker.distribution.manifest.v2+json".to_owned(),
+        ];
+        if let Some((u, p)) = &self.auth {
+            args.push("-u".into());
+            args.push(format!("{u}:{p}"));
+        }
+        args.push(url);
+        let output = Command::new("curl").args(&args).output()?;
+        let head = String::from_utf8_lossy(&output.stdout).to_string();
+        if !head.starts_with("HTTP/1.1 200") {
+            return Ok(None);
+        }
+        Ok(head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| v.trim().to_owned())
+        }))
+    }
+}
+
+/// `git daemon` serving every repository under a base directory over `git://`.
+#[derive(Debug)]
+pub struct GitDaemon {
+    pub port: u16,
+    _child: Guard,
+}
+
+impl GitDaemon {
+    pub fn start(base: &Path) -> io::Result<Self> {
+        let port = free_port()?;
+        let mut child = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--listen=127.0.0.1",
+                &format!("--port={port}"),
+                &format!("--base-path={}", base.display()),
+                "--export-all",
+                "--informative-errors",
+            ])
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        wait_for_port(port, "git daemon", &mut child)?;
+        Ok(Self {
+            port,
+            _child: Guard(child),
+        })
+    }
+
+    /// `git://127.0.0.1:PORT/<name>`.
+    pub fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+const FIXTURE_MAKEFILE: &str = r#"# A stand-in for kubernetes' build: honours WHAT=cmd/kubemark only.
+.PHONY: all
+all:
+ifneq ($(WHAT),cmd/kubemark)
+	$(error this fixture builds only WHAT=cmd/kubemark, not "$(WHAT)")
+endif
+	@echo "+++ [fixture] Building go targets for linux/amd64: cmd/kubemark"
+	@mkdir -p _output/bin
+ifdef KUBEMARK_FIXTURE_BINARY
+	cp $(KUBEMARK_FIXTURE_BINARY) _output/bin/kubemark
+else
+	gcc -static -Os -o _output/bin/kubemark cmd/kubemark/main.c
+endif
+"#;
+
+/// A generated "kubernetes" repository, committed with the git CLI.
+#[derive(Debug)]
+pub struct Fixture {
+    pub dir: PathBuf,
+}
+
+impl Fixture {
+    /// Create the repository at `base/name` with one commit. `make` builds a
+    /// static binary printing `kubemark fixture <version>`, or copies the file
+    /// named by `KUBEMARK_FIXTURE_BINARY` when that is set.
+    pub fn create(base: &Path, name: &str) -> io::Result<Self> {
+        require("gcc")?;
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let fixture = Self { dir };
+        fixture.git(&["init", "--quiet", "--initial-branch=master"])?;
+        fixture.git(&["config", "user.email", "fixture@example.com"])?;
+        fixture.git(&["config", "user.name", "Fixture"])?;
+        // Let clients fetch any commit by id, as GitHub does.
+        fixture.git(&["config", "uploadpack.allowAnySHA1InWant", "true"])?;
+        fixture.write("Makefile", FIXTURE_MAKEFILE)?;
+        fixture.write(".gitignore", "/_output\n")?;
+        fixture.write(
+            "cluster/images/kubemark/Dockerfile",
+            "# The fixture's kubemark image: the static binary alone.\nFROM scratch\nCOPY kubemark /kubemark\nENTRYPOINT [\"/kubemark\"]\n",
+        )?;
+        fixture.write(
+            "cluster/images/kubemark/Makefile",
+            "REGISTRY?=staging-k8s.gcr.io\nIMAGE_TAG?=latest\nbuild:\n\tdocker build --pull -t $(REGISTRY)/kubemark:$(IMAGE_TAG) .\n",
+        )?;
+        fixture.write("cluster/images/kubemark/OWNERS", "approvers:\n- fixture\n")?;
+        fixture.set_version("1")?;
+        fixture.commit("initial fixture")?;
+        Ok(fixture)
+    }
+
+    /// Add `files` files of `bytes` incompressible bytes each (in folders of 100)
+    /// under `vendor/`, committed in one go: a repository the size of kubernetes'.
+    pub fn add_bulk(&self, files: usize, bytes: usize, seed: u64) -> io::Result<()> {
+        let mut rng = XorShift(seed | 1);
+        let mut buf = vec![0u8; bytes];
+        for i in 0..files {
+            let dir = self.dir.join(format!("vendor/d{:04}", i / 100));
+            if i % 100 == 0 {
+                std::fs::create_dir_all(&dir)?;
+            }
+            rng.fill(&mut buf);
+            std::fs::write(dir.join(format!("f{i:06}.dat")), &buf)?;
+        }
+        self.commit(&format!("{files} files of {bytes} bytes"))?;
+        Ok(())
+    }
+
+    pub fn git(&self, args: &[&str]) -> io::Result<String> {
+        run("git", args, Some(&self.dir))
+    }
+
+    pub fn write(&self, path: &str, content: &str) -> io::Result<()> {
+        let path = self.dir.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, content)
+    }
+
+    /// Make the binary print `kubemark fixture <version>`.
+    pub fn set_version(&self, version: &str) -> io::Result<()> {
+        self.write(
+            "cmd/kubemark/main.c",
+            &format!(
+                "#include <stdio.h>\nint main(void) {{ puts(\"kubemark fixture {version}\"); return 0; }}\n"
+            ),
+        )
+    }
+
+    /// Commit everything; return the new HEAD.
+    pub fn commit(&self, message: &str) -> io::Result<String> {
+        self.git(&["add", "-A"])?;
+        self.git(&["commit", "--quiet", "-m", message])?;
+        self.head()
+    }
+
+    pub fn head(&self) -> io::Result<String> {
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    pub fn tag(&self, name: &str) -> io::Result<()> {
+        self.git(&["tag", "-a", name, "-m", name]).map(drop)
+    }
+}
+
+/// Incompressible bytes, quickly and reproducibly.
+#[derive(Debug, Clone)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let bytes = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+}
