@@ -252,6 +252,47 @@ fn a_local_path_works_as_the_repository() {
 }
 
 #[test]
+fn checkout_applies_eol_attributes_like_git() {
+    let upstream = Upstream::new();
+    upstream
+        .fixture
+        .write(".gitattributes", "*.txt text eol=crlf\n")
+        .unwrap();
+    upstream.fixture.write("notes.txt", "a\nb\n").unwrap();
+    upstream.fixture.commit("crlf notes").unwrap();
+    let env = Env::new();
+    let src = env.path("k");
+    let url = upstream.url();
+    let tag = format!("c{}", support::free_port());
+    let _cleanup = docker::Cleanup(vec![format!("kubemark-test.local/kubemark:{tag}")]);
+    env.xtask(&[
+        "image",
+        "--no-push",
+        "--registry",
+        "kubemark-test.local",
+        "--tag",
+        &tag,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ])
+    .assert_code(0);
+    let by_git = env.path("by-git");
+    sh(
+        "git",
+        &["clone", "--quiet", &url, by_git.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(
+        std::fs::read(by_git.join("notes.txt")).unwrap(),
+        b"a\r\nb\r\n"
+    );
+    assert_eq!(std::fs::read(src.join("notes.txt")).unwrap(), b"a\r\nb\r\n");
+    assert_eq!(git_status(&src), "");
+}
+
+#[test]
 fn a_dirty_checkout_is_refused_and_left_untouched_unless_allowed() {
     let upstream = Upstream::new();
     let env = Env::new();

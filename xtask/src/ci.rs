@@ -16,6 +16,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox", "busybox-static"),
     ("gcc", "gcc"),
     ("make", "make"),
+    ("time", "time"),
+    ("curl", "curl"),
 ];
 
 #[derive(Debug, clap::Args)]

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the kubemark tool's command line. This file only parses and
 //! dispatches; each task lives in its own module with its flags and its `run`.
 
+mod bench;
 mod ci;
 mod config;
 mod image;
@@ -44,6 +45,8 @@ enum Task {
     Image(image::Args),
     /// Provision what the tests need, then run fmt, clippy and the whole test suite.
     Ci(ci::Args),
+    /// Measure against the baselines and print figures and ratios.
+    Bench(bench::Args),
 }
 
 /// What every task gets besides its own flags.
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
     let result: Result<(), Failure> = match cli.task {
         Task::Image(args) => image::run(args, &sub, &global),
         Task::Ci(args) => ci::run(args, &global),
+        Task::Bench(args) => bench::run(args, &global),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
