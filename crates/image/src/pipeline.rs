@@ -397,6 +397,9 @@ pub async fn execute(
     labels.insert(INPUTS_LABEL.to_owned(), inputs.clone());
     context.set_labels(&labels);
     let context = Arc::new(context);
+    // The Dockerfile exactly as the engine gets it, for whoever wonders what was built.
+    let sent = spec.state_dir.join("Dockerfile.sent");
+    std::fs::write(&sent, context.dockerfile_sent()).map_err(Error::io("writing", &sent))?;
 
     let records = Records::new(&spec.state_dir);
     let previous = records
