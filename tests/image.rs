@@ -206,6 +206,12 @@ fn a_tag_and_a_commit_can_be_asked_for() {
     assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), later);
     assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 2");
 
+    // --no-update builds what is checked out, whatever upstream has.
+    let run = env.xtask(&[&base[..], &["--no-update"]].concat());
+    run.assert_code(0);
+    assert!(run.stderr.contains("as it is"), "{}", run.stderr);
+    assert_eq!(env.record()["commit"], later.as_str());
+
     // A ref that does not exist: usage error, similar names, nothing changed.
     let run = env.xtask(&[&base[..], &["--ref", "v1.0"]].concat());
     run.assert_code(2);
