@@ -7,6 +7,7 @@ mod config;
 mod image;
 mod progress;
 mod report;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ enum Task {
     Image(image::Args),
     /// Provision what the tests need, then run fmt, clippy and the whole test suite.
     Ci(ci::Args),
+    /// Serve a simulated external cluster and kubemark master until Ctrl-C.
+    Sim(sim::Args),
     /// Measure against the baselines and print figures and ratios.
     Bench(bench::Args),
 }
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
     let result: Result<(), Failure> = match cli.task {
         Task::Image(args) => image::run(args, &sub, &global),
         Task::Ci(args) => ci::run(args, &global),
+        Task::Sim(args) => sim::run(args, &global),
         Task::Bench(args) => bench::run(args, &global),
     };
     match result {
