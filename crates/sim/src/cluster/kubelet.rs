@@ -441,8 +441,18 @@ async fn run_pod(shared: Arc<Shared>, ns: String, name: String, uid: String) {
     // Run the containers; restart with back-off whatever exits.
     let (tx, mut rx) = mpsc::channel::<Proc>(16);
     let specs = containers_of(&pod, "containers");
+    // The processes live in this set: when the pod task stops, they stop with it.
+    let mut procs = tokio::task::JoinSet::new();
     for (i, spec) in specs.iter().enumerate() {
-        start_process(&shared, &pod, spec, i, Duration::ZERO, tx.clone());
+        start_process(
+            &mut procs,
+            &shared,
+            &pod,
+            spec,
+            i,
+            Duration::ZERO,
+            tx.clone(),
+        );
     }
     let mut last_exit: HashMap<usize, Instant> = HashMap::new();
     while let Some(msg) = rx.recv().await {
@@ -505,7 +515,7 @@ async fn run_pod(shared: Arc<Shared>, ns: String, name: String, uid: String) {
                         run.name, run.ns, run.uid
                     ),
                 );
-                start_process(&shared, &pod, &specs[i], i, delay, tx.clone());
+                start_process(&mut procs, &shared, &pod, &specs[i], i, delay, tx.clone());
             }
         }
         run.publish();
@@ -514,6 +524,7 @@ async fn run_pod(shared: Arc<Shared>, ns: String, name: String, uid: String) {
 
 /// Start container `i`'s process after `delay`; it reports start and exit.
 fn start_process(
+    procs: &mut tokio::task::JoinSet<()>,
     shared: &Arc<Shared>,
     pod: &Value,
     container: &Value,
@@ -522,7 +533,7 @@ fn start_process(
     tx: mpsc::Sender<Proc>,
 ) {
     let (shared, pod, container) = (Arc::clone(shared), pod.clone(), container.clone());
-    tokio::spawn(async move {
+    procs.spawn(async move {
         tokio::time::sleep(delay).await;
         // The pod as it is now: a fixed secret is seen on restart.
         let pod = shared
