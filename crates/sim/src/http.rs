@@ -902,16 +902,28 @@ fn watch(
                         // Too slow or shut down: end the watch; the client resumes from its last version.
                         Err(_) => return,
                     };
-                    if let Some(bytes) = emit(&change, &mut last_rv) {
-                        if !send(bytes).await {
-                            return;
+                    // Batch what is already waiting into one write: one frame, one TLS record.
+                    let mut batch = Vec::new();
+                    let mut pending = Some(change);
+                    while let Some(change) = pending.take() {
+                        if let Some(bytes) = emit(&change, &mut last_rv) {
+                            batch.extend_from_slice(&bytes);
+                            sent += 1;
+                            if sent >= max_events {
+                                break;
+                            }
+                        } else if change.res == res && change.obj.rv > last_rv {
+                            last_rv = change.obj.rv;
                         }
-                        sent += 1;
-                        if sent >= max_events {
-                            return;
+                        if batch.len() < 256 * 1024 {
+                            pending = start.live.try_recv().ok();
                         }
-                    } else if change.res == res && change.obj.rv > last_rv {
-                        last_rv = change.obj.rv;
+                    }
+                    if !batch.is_empty() && !send(Bytes::from(batch)).await {
+                        return;
+                    }
+                    if sent >= max_events {
+                        return;
                     }
                 }
             }

@@ -130,7 +130,7 @@ impl Default for SimConfig {
             images: Images::default(),
             timing: Timing::default(),
             faults: Faults::default(),
-            history: 10_000,
+            history: 2_000,
             bookmark_interval: Duration::from_secs(5),
             version: "v1.33.0".into(),
             deny: Vec::new(),

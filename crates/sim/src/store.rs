@@ -183,7 +183,9 @@ pub struct WatchStart {
 impl Store {
     /// A store keeping the last `history` changes of each resource.
     pub fn new(history: usize, seed: u64) -> Self {
-        let (changes, _) = broadcast::channel(65_536);
+        // The ring keeps its last entries (and the objects they hold) alive: keep it modest;
+        // a receiver that falls further behind resynchronises (controllers) or ends (watches).
+        let (changes, _) = broadcast::channel(16_384);
         Self {
             inner: Mutex::new(Inner {
                 rv: 1,
@@ -459,12 +461,12 @@ impl Store {
                 generation
             }),
         );
-        let mut probe = value.clone();
-        meta::metadata_mut(&mut probe).insert(
+        // Compare as stored (the version is rewritten on write anyway).
+        meta::metadata_mut(&mut value).insert(
             "resourceVersion".into(),
             Value::String(current.rv.to_string()),
         );
-        if probe == current.value {
+        if value == current.value {
             // Nothing changed: no new version, no event (as a real server does).
             return Ok(current);
         }

@@ -244,34 +244,84 @@ fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter().rev().find_map(|a| a.strip_prefix(&prefix))
 }
 
-/// Run a container's process until it exits; the return is its last log line.
-pub async fn container_process(shared: &Arc<Shared>, pod: &Value, container: &Value) -> String {
+/// A container's process, prepared from the pod and container specs so that
+/// running it holds none of them (10,000 pending processes would otherwise
+/// keep 10,000 copies of their pods alive).
+pub enum Process {
+    /// Runs until the pod goes.
+    Forever,
+    /// Exits at once with this log line.
+    Exit(String),
+    /// A hollow kubelet: registers and heartbeats.
+    Kubelet(Box<HollowKubelet>),
+}
+
+/// What a hollow kubelet needs to run.
+pub struct HollowKubelet {
+    node: String,
+    creds: Credentials,
+    node_obj: Value,
+    log: Box<dyn Fn(String) + Send + Sync>,
+}
+
+/// Read a container's flags and files; decide what its process does.
+pub fn prepare(shared: &Arc<Shared>, pod: &Value, container: &Value) -> Process {
     let args = arguments(pod, container);
-    let ns = meta::namespace(pod).to_owned();
-    let pod_name = meta::name(pod).to_owned();
+    let (ns, pod_name) = (meta::namespace(pod).to_owned(), meta::name(pod).to_owned());
     let cname = container["name"].as_str().unwrap_or_default().to_owned();
-    let log = |line: String| shared.logs.append(&ns, &pod_name, &cname, line);
+    let logs = Arc::clone(shared);
+    let log = move |line: String| logs.logs.append(&ns, &pod_name, &cname, line);
     match flag(&args, "morph") {
-        Some("kubelet") => hollow_kubelet(shared, pod, container, &args, &log).await,
+        Some("kubelet") => {
+            let node = flag(&args, "name")
+                .unwrap_or_else(|| meta::name(pod))
+                .to_owned();
+            let path = flag(&args, "kubeconfig").unwrap_or("/kubeconfig/kubelet.kubeconfig");
+            log(klog(
+                'I',
+                "hollow-node.go:227",
+                &format!("Starting hollow kubelet, node name {node}"),
+            ));
+            match read_mounted(shared, pod, container, path)
+                .and_then(|bytes| kubeconfig::parse(&bytes))
+            {
+                Ok(creds) => {
+                    let version = image_version(container, &shared.cfg.version);
+                    Process::Kubelet(Box::new(HollowKubelet {
+                        node_obj: node_object(pod, &args, &node, &version),
+                        node,
+                        creds,
+                        log: Box::new(log),
+                    }))
+                }
+                Err(why) => Process::Exit(klog(
+                    'F',
+                    "hollow-node.go:244",
+                    &format!(
+                        "Failed to create a ClientConfig: error while loading kubeconfig from file {path}: {why}. Exiting."
+                    ),
+                )),
+            }
+        }
         Some("proxy") => {
             let path = flag(&args, "kubeconfig").unwrap_or("/kubeconfig/kubeproxy.kubeconfig");
-            let checked = read_mounted(shared, pod, container, path)
-                .and_then(|bytes| kubeconfig::parse(&bytes));
-            match checked {
-                Err(why) => klog(
+            match read_mounted(shared, pod, container, path)
+                .and_then(|bytes| kubeconfig::parse(&bytes))
+            {
+                Err(why) => Process::Exit(klog(
                     'F',
                     "hollow-node.go:255",
                     &format!(
                         "Failed to create a ClientConfig: error while loading kubeconfig from file {path}: {why}. Exiting."
                     ),
-                ),
+                )),
                 Ok(creds) => {
                     log(klog(
                         'I',
                         "hollow-node.go:298",
                         &format!("Starting hollow proxy against {}", creds.server),
                     ));
-                    std::future::pending::<String>().await
+                    Process::Forever
                 }
             }
         }
@@ -289,14 +339,25 @@ pub async fn container_process(shared: &Arc<Shared>, pod: &Value, container: &Va
                 if let Some(path) = path.filter(|p| p.starts_with('/'))
                     && let Err(why) = read_mounted(shared, pod, container, path)
                 {
-                    return klog(
+                    return Process::Exit(klog(
                         'F',
                         "main.go:43",
                         &format!("failed to load kubeconfig: {why}"),
-                    );
+                    ));
                 }
             }
-            std::future::pending::<String>().await
+            Process::Forever
+        }
+    }
+}
+
+impl Process {
+    /// Run until the process exits; the return is its last log line.
+    pub async fn run(self, shared: &Arc<Shared>) -> String {
+        match self {
+            Process::Forever => std::future::pending().await,
+            Process::Exit(line) => line,
+            Process::Kubelet(k) => k.run(shared).await,
         }
     }
 }
@@ -386,162 +447,139 @@ fn micro_time() -> String {
     format!("{}.{:06}Z", ts.trim_end_matches('Z'), now.subsec_micros())
 }
 
-async fn hollow_kubelet(
-    shared: &Arc<Shared>,
-    pod: &Value,
-    container: &Value,
-    args: &[String],
-    log: &impl Fn(String),
-) -> String {
-    let node = flag(args, "name")
-        .unwrap_or_else(|| meta::name(pod))
-        .to_owned();
-    let path = flag(args, "kubeconfig").unwrap_or("/kubeconfig/kubelet.kubeconfig");
-    log(klog(
-        'I',
-        "hollow-node.go:227",
-        &format!("Starting hollow kubelet, node name {node}"),
-    ));
-    let creds = match read_mounted(shared, pod, container, path)
-        .and_then(|bytes| kubeconfig::parse(&bytes))
-    {
-        Ok(c) => c,
-        Err(why) => {
-            return klog(
-                'F',
-                "hollow-node.go:244",
-                &format!(
-                    "Failed to create a ClientConfig: error while loading kubeconfig from file {path}: {why}. Exiting."
-                ),
-            );
-        }
-    };
-    let client = match client_for(shared, &creds) {
-        Ok(c) => c,
-        Err(why) => {
-            return klog(
-                'F',
-                "hollow-node.go:250",
-                &format!("Failed to create a ClientSet: {why}. Exiting."),
-            );
-        }
-    };
-    let version = image_version(container, &shared.cfg.version);
-    let node_obj = node_object(pod, args, &node, &version);
-    let fatal = |what: &str, e: &CallError| {
-        klog(
-            'F',
-            "kubelet_node_status.go:96",
-            &format!("\"Unable to {what}\" err=\"{}\" node=\"{node}\"", e.text()),
-        )
-    };
-
-    // Register (or, after a restart, update the node that is already there).
-    match client
-        .call_retrying(
-            reqwest::Method::POST,
-            "/api/v1/nodes",
-            "application/json",
-            Some(&node_obj),
-        )
-        .await
-    {
-        Ok((409, _)) => {
-            let patch = json!({"metadata": {"labels": node_obj["metadata"]["labels"]}, "spec": node_obj["spec"]});
-            if let Err(e) = client
-                .call_retrying(
-                    reqwest::Method::PATCH,
-                    &format!("/api/v1/nodes/{node}"),
-                    "application/merge-patch+json",
-                    Some(&patch),
-                )
-                .await
-            {
-                return fatal("update node", &e);
+impl HollowKubelet {
+    async fn run(self, shared: &Arc<Shared>) -> String {
+        let HollowKubelet {
+            node,
+            creds,
+            node_obj,
+            log,
+        } = self;
+        let client = match client_for(shared, &creds) {
+            Ok(c) => c,
+            Err(why) => {
+                return klog(
+                    'F',
+                    "hollow-node.go:250",
+                    &format!("Failed to create a ClientSet: {why}. Exiting."),
+                );
             }
-        }
-        Ok(_) => {}
-        Err(e) => return fatal("register node with API server", &e),
-    }
-    let status = json!({"status": node_obj["status"]});
-    if let Err(e) = client
-        .call_retrying(
-            reqwest::Method::PATCH,
-            &format!("/api/v1/nodes/{node}/status"),
-            "application/merge-patch+json",
-            Some(&status),
-        )
-        .await
-    {
-        return fatal("update node status", &e);
-    }
-    log(klog(
-        'I',
-        "kubelet_node_status.go:75",
-        &format!("\"Successfully registered node\" node=\"{node}\""),
-    ));
+        };
+        let fatal = |what: &str, e: &CallError| {
+            klog(
+                'F',
+                "kubelet_node_status.go:96",
+                &format!("\"Unable to {what}\" err=\"{}\" node=\"{node}\"", e.text()),
+            )
+        };
 
-    let node_uid = match client
-        .call_retrying(
-            reqwest::Method::GET,
-            &format!("/api/v1/nodes/{node}"),
-            "",
-            None,
-        )
-        .await
-    {
-        Ok((_, v)) => v
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        Err(e) => return fatal("read node", &e),
-    };
-    let lease_path =
-        format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}");
-    let lease = json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": {"name": node, "namespace": "kube-node-lease",
-                     "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}]},
-        "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": micro_time()},
-    });
-    if let Err(e) = client
-        .call_retrying(
-            reqwest::Method::POST,
-            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
-            "application/json",
-            Some(&lease),
-        )
-        .await
-    {
-        return fatal("create lease", &e);
-    }
-    let timing = shared.cfg.timing.clone();
-    let mut renew = tokio::time::interval(timing.lease_renew);
-    let mut report = tokio::time::interval(timing.status_report);
-    renew.tick().await;
-    report.tick().await;
-    loop {
-        tokio::select! {
-            _ = renew.tick() => {
-                let patch = json!({"spec": {"holderIdentity": node, "renewTime": micro_time()}});
-                match client.call_retrying(reqwest::Method::PATCH, &lease_path, "application/merge-patch+json", Some(&patch)).await {
-                    Err(CallError::Fatal(why)) => {
-                        return klog('F', "kubelet.go:1567", &format!("\"Failed to renew lease\" err=\"{why}\" node=\"{node}\""));
-                    }
-                    Err(CallError::Transient(why)) => log(klog('E', "controller.go:145", &format!("\"Failed to update lease\" err=\"{why}\""))),
-                    Ok(_) => {}
-                }
-            }
-            _ = report.tick() => {
-                let now = meta::now_rfc3339();
-                let patch = json!({"status": {"conditions": super::node_conditions("True", &now)}});
+        // Register (or, after a restart, update the node that is already there).
+        match client
+            .call_retrying(
+                reqwest::Method::POST,
+                "/api/v1/nodes",
+                "application/json",
+                Some(&node_obj),
+            )
+            .await
+        {
+            Ok((409, _)) => {
+                let patch = json!({"metadata": {"labels": node_obj["metadata"]["labels"]}, "spec": node_obj["spec"]});
                 if let Err(e) = client
-                    .call_retrying(reqwest::Method::PATCH, &format!("/api/v1/nodes/{node}/status"), "application/merge-patch+json", Some(&patch))
+                    .call_retrying(
+                        reqwest::Method::PATCH,
+                        &format!("/api/v1/nodes/{node}"),
+                        "application/merge-patch+json",
+                        Some(&patch),
+                    )
                     .await
                 {
-                    log(klog('E', "kubelet_node_status.go:535", &format!("\"Error updating node status, will retry\" err=\"{}\"", e.text())));
+                    return fatal("update node", &e);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return fatal("register node with API server", &e),
+        }
+        let status = json!({"status": node_obj["status"]});
+        if let Err(e) = client
+            .call_retrying(
+                reqwest::Method::PATCH,
+                &format!("/api/v1/nodes/{node}/status"),
+                "application/merge-patch+json",
+                Some(&status),
+            )
+            .await
+        {
+            return fatal("update node status", &e);
+        }
+        log(klog(
+            'I',
+            "kubelet_node_status.go:75",
+            &format!("\"Successfully registered node\" node=\"{node}\""),
+        ));
+
+        let node_uid = match client
+            .call_retrying(
+                reqwest::Method::GET,
+                &format!("/api/v1/nodes/{node}"),
+                "",
+                None,
+            )
+            .await
+        {
+            Ok((_, v)) => v
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            Err(e) => return fatal("read node", &e),
+        };
+        let lease_path =
+            format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}");
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": node, "namespace": "kube-node-lease",
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}]},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": micro_time()},
+        });
+        if let Err(e) = client
+            .call_retrying(
+                reqwest::Method::POST,
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                "application/json",
+                Some(&lease),
+            )
+            .await
+        {
+            return fatal("create lease", &e);
+        }
+        let timing = shared.cfg.timing.clone();
+        let mut renew = tokio::time::interval(timing.lease_renew);
+        let mut report = tokio::time::interval(timing.status_report);
+        renew.tick().await;
+        report.tick().await;
+        loop {
+            tokio::select! {
+                _ = renew.tick() => {
+                    let patch = json!({"spec": {"holderIdentity": node, "renewTime": micro_time()}});
+                    match client.call_retrying(reqwest::Method::PATCH, &lease_path, "application/merge-patch+json", Some(&patch)).await {
+                        Err(CallError::Fatal(why)) => {
+                            return klog('F', "kubelet.go:1567", &format!("\"Failed to renew lease\" err=\"{why}\" node=\"{node}\""));
+                        }
+                        Err(CallError::Transient(why)) => log(klog('E', "controller.go:145", &format!("\"Failed to update lease\" err=\"{why}\""))),
+                        Ok(_) => {}
+                    }
+                }
+                _ = report.tick() => {
+                    let now = meta::now_rfc3339();
+                    let patch = json!({"status": {"conditions": super::node_conditions("True", &now)}});
+                    if let Err(e) = client
+                        .call_retrying(reqwest::Method::PATCH, &format!("/api/v1/nodes/{node}/status"), "application/merge-patch+json", Some(&patch))
+                        .await
+                    {
+                        log(klog('E', "kubelet_node_status.go:535", &format!("\"Error updating node status, will retry\" err=\"{}\"", e.text())));
+                    }
                 }
             }
         }

@@ -544,7 +544,9 @@ fn start_process(
         if tx.send(Proc::Started(i)).await.is_err() {
             return;
         }
-        let line = hollow::container_process(&shared, &pod, &container).await;
+        let process = hollow::prepare(&shared, &pod, &container);
+        drop((pod, container));
+        let line = process.run(&shared).await;
         let _ = tx.send(Proc::Exited(i, line)).await;
     });
 }

@@ -110,44 +110,66 @@ fn pending(pod: &Value) -> bool {
             == "default-scheduler"
 }
 
-/// Why a node cannot take the pod, in the scheduler's words.
-fn misfit(pod: &Value, node: &Value, want: Amounts, used: Amounts) -> Option<String> {
-    if node.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
-        return Some("node(s) were unschedulable".into());
-    }
-    for taint in node
-        .pointer("/spec/taints")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let effect = taint["effect"].as_str().unwrap_or_default();
-        if (effect == "NoSchedule" || effect == "NoExecute") && !tolerates(pod, taint) {
-            return Some(format!(
-                "node(s) had untolerated taint {{{}: {}}}",
-                taint["key"].as_str().unwrap_or_default(),
-                taint["value"].as_str().unwrap_or_default()
-            ));
-        }
-    }
-    let cap = allocatable(node);
-    if used.pods + want.pods > cap.pods {
-        return Some("Too many pods".into());
-    }
-    if used.cpu + want.cpu > cap.cpu {
-        return Some("Insufficient cpu".into());
-    }
-    if used.memory + want.memory > cap.memory {
-        return Some("Insufficient memory".into());
-    }
-    None
+/// What the scheduler needs of a node, read once per pass.
+struct NodeInfo<'a> {
+    name: &'a str,
+    capacity: Amounts,
+    unschedulable: bool,
+    taints: Vec<&'a Value>,
 }
 
-fn pass(shared: &Shared) {
-    let nodes: Vec<Obj> = shared.store.list(idx::NODES, None).0;
-    if nodes.is_empty() && shared.store.count(idx::PODS) == 0 {
-        return;
+impl<'a> NodeInfo<'a> {
+    fn new(obj: &'a Obj) -> Self {
+        let v = &obj.value;
+        Self {
+            name: meta::name(v),
+            capacity: allocatable(v),
+            unschedulable: v.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
+            taints: v
+                .pointer("/spec/taints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|t| matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute")))
+                .collect(),
+        }
     }
+
+    /// Why the node cannot take the pod, in the scheduler's words.
+    fn misfit(&self, pod: &Value, want: Amounts, used: Amounts) -> Option<String> {
+        if self.unschedulable {
+            return Some("node(s) were unschedulable".into());
+        }
+        for taint in &self.taints {
+            if !tolerates(pod, taint) {
+                return Some(format!(
+                    "node(s) had untolerated taint {{{}: {}}}",
+                    taint["key"].as_str().unwrap_or_default(),
+                    taint["value"].as_str().unwrap_or_default()
+                ));
+            }
+        }
+        let cap = self.capacity;
+        if used.pods + want.pods > cap.pods {
+            return Some("Too many pods".into());
+        }
+        if used.cpu + want.cpu > cap.cpu {
+            return Some("Insufficient cpu".into());
+        }
+        if used.memory + want.memory > cap.memory {
+            return Some("Insufficient memory".into());
+        }
+        None
+    }
+}
+
+/// How many feasible nodes to compare before choosing (as kube-scheduler
+/// scores only a sample of the nodes of a large cluster).
+const FEASIBLE_SAMPLE: usize = 50;
+
+fn pass(shared: &Shared, next_start: &mut usize) {
+    let node_objs: Vec<Obj> = shared.store.list(idx::NODES, None).0;
+    let nodes: Vec<NodeInfo<'_>> = node_objs.iter().map(NodeInfo::new).collect();
     let pods = shared.store.list(idx::PODS, None).0;
     let mut used: HashMap<String, Amounts> = HashMap::new();
     let mut waiting: Vec<&Obj> = Vec::new();
@@ -164,21 +186,25 @@ fn pass(shared: &Shared) {
             None => {}
         }
     }
+    if waiting.is_empty() {
+        return;
+    }
     waiting.sort_by_key(|p| p.rv);
     for pod in waiting {
         let want = requests(&pod.value);
-        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        // Spread: the node with the fewest pods that fits.
-        let mut best: Option<(&Obj, i128)> = None;
-        for node in &nodes {
-            let name = meta::name(&node.value);
-            let u = used.get(name).copied().unwrap_or_default();
-            match misfit(&pod.value, &node.value, want, u) {
-                Some(why) => *reasons.entry(why).or_default() += 1,
-                None => {
-                    if best.is_none_or(|(_, pods)| u.pods < pods) {
-                        best = Some((node, u.pods));
-                    }
+        // Spread: among a sample of feasible nodes (from a rotating start), the one with the fewest pods.
+        let mut best: Option<(usize, i128)> = None;
+        let mut feasible = 0;
+        for k in 0..nodes.len() {
+            let i = (*next_start + k) % nodes.len();
+            let u = used.get(nodes[i].name).copied().unwrap_or_default();
+            if nodes[i].misfit(&pod.value, want, u).is_none() {
+                feasible += 1;
+                if best.is_none_or(|(_, pods)| u.pods < pods) {
+                    best = Some((i, u.pods));
+                }
+                if feasible >= FEASIBLE_SAMPLE {
+                    break;
                 }
             }
         }
@@ -187,8 +213,9 @@ fn pass(shared: &Shared) {
             meta::name(&pod.value).to_owned(),
         );
         match best {
-            Some((node, _)) => {
-                let node_name = meta::name(&node.value).to_owned();
+            Some((i, _)) => {
+                *next_start = (i + 1) % nodes.len().max(1);
+                let node_name = nodes[i].name.to_owned();
                 let now = meta::now_rfc3339();
                 let bound = shared.store.modify(idx::PODS, &ns, &name, Some(pod.rv), |v| {
                     v["spec"]["nodeName"] = json!(node_name);
@@ -212,6 +239,13 @@ fn pass(shared: &Shared) {
                 }
             }
             None => {
+                let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+                for n in &nodes {
+                    let u = used.get(n.name).copied().unwrap_or_default();
+                    if let Some(why) = n.misfit(&pod.value, want, u) {
+                        *reasons.entry(why).or_default() += 1;
+                    }
+                }
                 let total = nodes.len();
                 let detail: Vec<String> = reasons
                     .iter()
@@ -285,6 +319,7 @@ pub(crate) fn set_condition(pod: &mut Value, condition: Value) {
 pub async fn run(shared: Arc<Shared>) {
     let mut rx = shared.store.subscribe();
     let mut dirty = true;
+    let mut next_start = 0;
     loop {
         let wait = if dirty {
             Some(Duration::from_millis(20))
@@ -305,7 +340,7 @@ pub async fn run(shared: Arc<Shared>) {
                 }
             }
             None => {
-                pass(&shared);
+                pass(&shared, &mut next_start);
                 dirty = false;
             }
         }

@@ -13,30 +13,19 @@ use kubemark_image::source::{self, Local, SourceSpec};
 use kubemark_image::{Cancel, Events};
 use kubemark_testbed::{Fixture, GitDaemon, Registry, XorShift};
 
+use super::{failed, median, verdict};
 use crate::Global;
 use crate::report::Failure;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    what: What,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum What {
-    /// The image pipeline: no-op vs full run, clone, build + push.
-    Image(ImageBench),
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Part {
+pub enum Part {
     Noop,
     Clone,
     Push,
 }
 
 #[derive(Debug, clap::Args)]
-struct ImageBench {
+pub struct ImageBench {
     /// Runs of each side of each measurement; medians are reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -57,30 +46,7 @@ struct ImageBench {
     work_dir: Option<PathBuf>,
 }
 
-pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
-    match args.what {
-        What::Image(bench) => image(bench, global),
-    }
-}
-
-fn failed(what: &str) -> impl FnOnce(std::io::Error) -> Failure + '_ {
-    move |e| Failure::failed(format!("{what}: {e}"))
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    match xs.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => xs[n / 2],
-        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
-    }
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "meets target" } else { "MISSES target" }
-}
-
-fn image(bench: ImageBench, global: &Global) -> Result<(), Failure> {
+pub fn run(bench: ImageBench, global: &Global) -> Result<(), Failure> {
     let work = bench
         .work_dir
         .clone()
