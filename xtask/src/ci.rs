@@ -39,6 +39,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
     let started = Instant::now();
     if !args.no_provision {
         provision_packages()?;
+        require_kubectl()?;
         provision_engine(&tools)?;
         provision_actionlint(&tools)?;
     }
@@ -170,6 +171,16 @@ fn provision_packages() -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// kubectl is the independent check of the simulator; it is not a Debian package here.
+fn require_kubectl() -> Result<(), Failure> {
+    if on_path("kubectl") {
+        return Ok(());
+    }
+    Err(Failure::failed("kubectl is not installed; the simulator's fidelity tests drive it").with_hint(
+        "install kubectl 1.32 (https://kubernetes.io/docs/tasks/tools/install-kubectl-linux/) and put it on PATH",
+    ))
 }
 
 fn engine_answers() -> bool {
