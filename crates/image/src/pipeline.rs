@@ -12,7 +12,7 @@ use crate::auth::Credentials;
 use crate::context::{self, Context};
 use crate::engine::{Endpoint, Engine};
 use crate::error::{Error, Result};
-use crate::event::{Cancel, Event, Events, Stage};
+use crate::event::{Cancel, Event, Events, Say, Stage};
 use crate::make;
 use crate::record::{Record, Records};
 use crate::reference::ImageRef;

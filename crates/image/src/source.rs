@@ -11,7 +11,7 @@ use git2::{
 };
 
 use crate::error::{Error, Result};
-use crate::event::{Cancel, Event, Events};
+use crate::event::{Cancel, Event, Events, Say};
 
 /// The ref kept on the checked-out commit, so the next fetch can tell the server
 /// what we already have (libgit2 only negotiates from refs, not a detached HEAD).
