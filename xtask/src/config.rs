@@ -43,12 +43,44 @@ pub struct ImageSettings {
     pub output: Option<String>,
 }
 
+/// The `[deploy]` table (also read by `demo`, `status`, `destroy`, `render`).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DeploySettings {
+    pub external_kubeconfig: Option<PathBuf>,
+    pub external_context: Option<String>,
+    pub master_kubeconfig: Option<PathBuf>,
+    pub master_context: Option<String>,
+    pub namespace: Option<String>,
+    pub replicas: Option<u32>,
+    pub image: Option<String>,
+    pub template: Option<String>,
+    pub set: Option<std::collections::BTreeMap<String, String>>,
+    pub kubelet_cpu: Option<String>,
+    pub kubelet_memory: Option<String>,
+    pub proxy_cpu: Option<String>,
+    pub proxy_memory: Option<String>,
+    pub npd_cpu: Option<String>,
+    pub npd_memory: Option<String>,
+    pub node_labels: Option<String>,
+    pub register_with_taints: Option<String>,
+    pub max_pods: Option<u32>,
+    pub extended_resources: Option<String>,
+    pub timeout: Option<String>,
+    pub no_wait: Option<bool>,
+    pub allow_loopback_master: Option<bool>,
+    pub skip_capacity_check: Option<bool>,
+    pub output: Option<String>,
+}
+
 /// The whole file.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
     pub image: ImageSettings,
+    #[serde(default)]
+    pub deploy: DeploySettings,
     /// Where the settings came from, for messages.
     #[serde(skip)]
     pub path: Option<PathBuf>,
@@ -76,7 +108,7 @@ impl Settings {
         let mut settings: Settings = toml::from_str(&text).map_err(|e| {
             Failure::usage(
                 format!("the settings file {} is not valid: {}", path.display(), e.message()),
-                "keys go in an [image] table and are the long flag names, e.g. `registry = \"127.0.0.1:5000\"`",
+                "keys go in an [image] or [deploy] table and are the long flag names, e.g. `registry = \"127.0.0.1:5000\"`",
             )
         })?;
         settings.path = Some(path);

@@ -148,7 +148,7 @@ enum Done {
     Outcome(Box<Outcome>),
 }
 
-fn default_source_dir() -> PathBuf {
+pub fn default_source_dir() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))

@@ -4,6 +4,8 @@
 mod bench;
 mod ci;
 mod config;
+mod demo;
+mod deploy;
 mod image;
 mod progress;
 mod report;
@@ -44,6 +46,10 @@ struct Cli {
 enum Task {
     /// Clone or update kubernetes, build cmd/kubemark, build and push the kubemark image.
     Image(image::Args),
+    /// Deploy hollow nodes on the external cluster and wait until they are Ready on the master.
+    Deploy(deploy::Args),
+    /// Start two simulated clusters, deploy hollow nodes, show status, destroy.
+    Demo(demo::Args),
     /// Provision what the tests need, then run fmt, clippy and the whole test suite.
     Ci(ci::Args),
     /// Serve a simulated external cluster and kubemark master until Ctrl-C.
@@ -82,6 +88,8 @@ fn main() -> ExitCode {
         .unwrap_or_default();
     let result: Result<(), Failure> = match cli.task {
         Task::Image(args) => image::run(args, &sub, &global),
+        Task::Deploy(args) => deploy::run(args, &sub, &global),
+        Task::Demo(args) => demo::run(args, &global),
         Task::Ci(args) => ci::run(args, &global),
         Task::Sim(args) => sim::run(args, &global),
         Task::Bench(args) => bench::run(args, &global),
@@ -98,8 +106,26 @@ fn init_logging(verbose: u8) {
         2 => "info,kubemark_image=debug,xtask=debug",
         _ => "debug",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Transport crates may log headers (tokens) at trace level: never below debug.
+    let tracing_everything =
+        filter.max_level_hint() == Some(tracing_subscriber::filter::LevelFilter::TRACE);
+    for quiet in [
+        "hyper=debug",
+        "hyper_util=debug",
+        "h2=debug",
+        "rustls=debug",
+        "reqwest=debug",
+        "tower=debug",
+        "kube_client=debug",
+    ] {
+        if let Ok(directive) = quiet.parse()
+            && tracing_everything
+        {
+            filter = filter.add_directive(directive);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -28,6 +28,8 @@ struct State {
     last: HashMap<&'static str, Instant>,
     layer_status: HashMap<String, String>,
     make_lines: u64,
+    /// The deploy wait's two bars: pods Running, nodes Ready.
+    wait_bars: Option<(ProgressBar, ProgressBar)>,
 }
 
 impl Renderer {
@@ -44,6 +46,7 @@ impl Renderer {
                 last: HashMap::new(),
                 layer_status: HashMap::new(),
                 make_lines: 0,
+                wait_bars: None,
             })),
         }
     }
@@ -52,6 +55,12 @@ impl Renderer {
     pub fn events(&self) -> Events {
         let me = self.clone();
         Events::new(move |event| me.handle(event))
+    }
+
+    /// An event sink for the cluster pipeline.
+    pub fn deploy_events(&self) -> kubemark_deploy::Events {
+        let me = self.clone();
+        kubemark_deploy::Events::new(move |event| me.lock().handle_deploy(event))
     }
 
     /// Print a line above the bars.
@@ -68,6 +77,10 @@ impl Renderer {
         }
         for (_, bar) in state.layers.drain() {
             bar.finish_and_clear();
+        }
+        if let Some((a, b)) = state.wait_bars.take() {
+            a.finish_and_clear();
+            b.finish_and_clear();
         }
     }
 
@@ -240,6 +253,65 @@ impl State {
                 current,
                 total,
             } => self.push_layer(layer, status, current, total),
+        }
+    }
+
+    fn handle_deploy(&mut self, event: kubemark_deploy::Event) {
+        use kubemark_deploy::Event as E;
+        match event {
+            E::Stage { stage, what } => {
+                if let Some((a, b)) = self.wait_bars.take() {
+                    a.finish_and_clear();
+                    b.finish_and_clear();
+                }
+                self.last.clear();
+                self.println(&format!("==> {stage}: {what}"));
+            }
+            E::Note(text) => self.println(&format!("    {text}")),
+            E::Warning(text) => self.println(&format!("warning: {text}")),
+            E::Applied {
+                kind,
+                name,
+                changed,
+            } => {
+                let what = if changed { "applied" } else { "unchanged" };
+                self.println(&format!("    {kind} {name} {what}"));
+            }
+            E::Progress {
+                running,
+                ready,
+                wanted,
+            } => {
+                if let Some(multi) = self.tty.clone() {
+                    let (pods, nodes) = self.wait_bars.get_or_insert_with(|| {
+                        let bar = |label: &str| {
+                            let b = multi.add(ProgressBar::new(wanted as u64));
+                            if let Ok(style) = ProgressStyle::with_template(&format!(
+                                "  {label} [{{bar:40}}] {{pos}}/{{len}} ({{elapsed}})"
+                            )) {
+                                b.set_style(style.progress_chars("=> "));
+                            }
+                            b
+                        };
+                        (bar("pods Running"), bar("nodes Ready "))
+                    });
+                    pods.set_length(wanted as u64);
+                    nodes.set_length(wanted as u64);
+                    pods.set_position(running as u64);
+                    nodes.set_position(ready as u64);
+                } else if self.due("wait", running == wanted && ready == wanted) {
+                    self.println(&format!(
+                        "    pods Running {running}/{wanted}, nodes Ready {ready}/{wanted}"
+                    ));
+                }
+            }
+            E::Stalled { seconds, diagnosis } => {
+                self.println(&format!("    no progress for {seconds}s:"));
+                for line in diagnosis {
+                    self.println(&format!("      {line}"));
+                }
+            }
+            E::Deleted { kind, count } => self.println(&format!("    deleted {count} {kind}(s)")),
         }
     }
 

@@ -109,6 +109,9 @@ pub struct SimConfig {
     pub version: String,
     /// (verb, resource) pairs SelfSubjectAccessReviews deny (`*` matches any).
     pub deny: Vec<(String, String)>,
+    /// `host:port` addresses this cluster's pods cannot reach (a firewall between
+    /// the external cluster and a master): hollow nodes time out connecting.
+    pub unreachable: Vec<String>,
     /// Directory for the kubeconfig file; a private temporary one when `None`.
     pub kubeconfig_dir: Option<PathBuf>,
     pub seed: u64,
@@ -134,6 +137,7 @@ impl Default for SimConfig {
             bookmark_interval: Duration::from_secs(5),
             version: "v1.33.0".into(),
             deny: Vec::new(),
+            unreachable: Vec::new(),
             kubeconfig_dir: None,
             seed: 1,
         }

@@ -264,6 +264,46 @@ pub struct HollowKubelet {
     log: Box<dyn Fn(String) + Send + Sync>,
 }
 
+/// Absolute paths in a container's arguments (`--flag=/path`, `auth=/path`)
+/// that fall under one of its secret or configmap volume mounts.
+fn mounted_paths(pod: &Value, container: &Value, args: &[String]) -> Vec<String> {
+    let volumes = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mounts: Vec<String> = container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            volumes.iter().any(|v| {
+                v["name"] == m["name"]
+                    && (v.get("secret").is_some() || v.get("configMap").is_some())
+            })
+        })
+        .filter_map(|m| {
+            m["mountPath"]
+                .as_str()
+                .map(|p| p.trim_end_matches('/').to_owned())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for arg in args {
+        for token in
+            arg.split(|c: char| c.is_whitespace() || matches!(c, '=' | '&' | '"' | '\'' | '?'))
+        {
+            if token.starts_with('/')
+                && mounts.iter().any(|m| token.starts_with(&format!("{m}/")))
+                && !out.iter().any(|p| p == token)
+            {
+                out.push(token.to_owned());
+            }
+        }
+    }
+    out
+}
+
 /// Read a container's flags and files; decide what its process does.
 pub fn prepare(shared: &Arc<Shared>, pod: &Value, container: &Value) -> Process {
     let args = arguments(pod, container);
@@ -326,23 +366,14 @@ pub fn prepare(shared: &Arc<Shared>, pod: &Value, container: &Value) -> Process 
             }
         }
         _ => {
-            // Other containers (node-problem-detector, anything): their kubeconfig flags must point at real files.
-            for (key, value) in args.iter().filter_map(|a| a.split_once('=')) {
-                let path = if key.ends_with("kubeconfig") {
-                    Some(value)
-                } else {
-                    value
-                        .split("auth=")
-                        .nth(1)
-                        .map(|p| p.split('&').next().unwrap_or(p))
-                };
-                if let Some(path) = path.filter(|p| p.starts_with('/'))
-                    && let Err(why) = read_mounted(shared, pod, container, path)
-                {
+            // Other containers (node-problem-detector, anything): the files their
+            // flags name on secret and configmap volumes must exist.
+            for path in mounted_paths(pod, container, &args) {
+                if let Err(why) = read_mounted(shared, pod, container, &path) {
                     return Process::Exit(klog(
                         'F',
                         "main.go:43",
-                        &format!("failed to load kubeconfig: {why}"),
+                        &format!("failed to load {path}: {why}"),
                     ));
                 }
             }
@@ -455,6 +486,27 @@ impl HollowKubelet {
             node_obj,
             log,
         } = self;
+        let authority = creds
+            .server
+            .split("://")
+            .nth(1)
+            .unwrap_or(&creds.server)
+            .trim_end_matches('/')
+            .to_owned();
+        if shared.cfg.unreachable.contains(&authority) {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let err = format!(
+                "Post \\\"{}/api/v1/nodes\\\": dial tcp {authority}: i/o timeout",
+                creds.server
+            );
+            return klog(
+                'F',
+                "kubelet_node_status.go:96",
+                &format!(
+                    "\"Unable to register node with API server\" err=\"{err}\" node=\"{node}\""
+                ),
+            );
+        }
         let client = match client_for(shared, &creds) {
             Ok(c) => c,
             Err(why) => {
@@ -589,6 +641,27 @@ impl HollowKubelet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_named_in_arguments_are_found() {
+        let pod = json!({"spec": {"volumes": [
+            {"name": "kubeconfig-volume", "secret": {"secretName": "kubeconfig"}},
+            {"name": "kernelmonitorconfig-volume", "configMap": {"name": "node-configmap"}},
+            {"name": "logs-volume", "hostPath": {"path": "/var/log"}}]}});
+        let container = json!({"volumeMounts": [
+            {"name": "kubeconfig-volume", "mountPath": "/kubeconfig"},
+            {"name": "kernelmonitorconfig-volume", "mountPath": "/config"},
+            {"name": "logs-volume", "mountPath": "/var/log"}]});
+        let npd = vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            "/node-problem-detector --system-log-monitors=/config/kernel.monitor --apiserver-override=\"https://10.0.0.1:443?inClusterConfig=false&auth=/kubeconfig/npd.kubeconfig\" --alsologtostderr 1>>/var/log/npd-$(NODE_NAME).log 2>&1".to_owned(),
+        ];
+        assert_eq!(
+            mounted_paths(&pod, &container, &npd),
+            ["/config/kernel.monitor", "/kubeconfig/npd.kubeconfig"]
+        );
+    }
 
     #[test]
     fn arguments_expand_the_node_name() {

@@ -1,0 +1,404 @@
+//! Kubeconfigs: clients for the tool itself (any kubeconfig kube-rs reads,
+//! plugins included), and the master kubeconfig prepared for hollow-node pods:
+//! one context, every referenced file inlined, and what a pod cannot use
+//! refused with the reason.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result, Side};
+
+/// Where a cluster's kubeconfig comes from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Source {
+    /// `None`: `KUBECONFIG`, then `~/.kube/config`.
+    pub path: Option<PathBuf>,
+    /// `None`: the kubeconfig's current context.
+    pub context: Option<String>,
+}
+
+/// A connected cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    pub side: Side,
+    pub client: kube::Client,
+    pub server: String,
+    pub context: String,
+    /// The kubeconfig turns TLS verification off.
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("side", &self.side)
+            .field("server", &self.server)
+            .field("context", &self.context)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_path() -> Option<PathBuf> {
+    match std::env::var_os("KUBECONFIG") {
+        Some(v) if !v.is_empty() => std::env::split_paths(&v).next(),
+        _ => std::env::var_os("HOME").map(|h| Path::new(&h).join(".kube/config")),
+    }
+}
+
+impl Source {
+    /// The file this source reads.
+    pub fn file(&self) -> Option<PathBuf> {
+        self.path.clone().or_else(default_path)
+    }
+}
+
+/// A client for one side, as the tool's own client (plugins allowed).
+pub async fn connect(side: Side, source: &Source) -> Result<Cluster> {
+    let path = source.file().ok_or_else(|| {
+        Error::Usage(format!(
+            "no kubeconfig for the {side}: HOME and KUBECONFIG are unset"
+        ))
+    })?;
+    let fail = |reason: String| Error::Kubeconfig {
+        side,
+        path: path.clone(),
+        reason,
+    };
+    let kubeconfig = Kubeconfig::read_from(&path).map_err(|e| fail(e.to_string()))?;
+    let context = match &source.context {
+        Some(c) => c.clone(),
+        None => kubeconfig
+            .current_context
+            .clone()
+            .ok_or_else(|| fail("it has no current-context; pass the context to use".into()))?,
+    };
+    if !kubeconfig.contexts.iter().any(|c| c.name == context) {
+        let known: Vec<&str> = kubeconfig
+            .contexts
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        return Err(fail(format!(
+            "it has no context `{context}` (it has: {})",
+            known.join(", ")
+        )));
+    }
+    let options = KubeConfigOptions {
+        context: Some(context.clone()),
+        ..KubeConfigOptions::default()
+    };
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let server = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_owned();
+    let insecure = config.accept_invalid_certs;
+    let client = kube::Client::try_from(config).map_err(|e| fail(crate::error::describe(&e)))?;
+    Ok(Cluster {
+        side,
+        client,
+        server,
+        context,
+        insecure,
+    })
+}
+
+/// The master kubeconfig as a pod can use it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PodKubeconfig {
+    /// The YAML that goes into the secret.
+    pub yaml: String,
+    pub server: String,
+    /// The server's host (for the upstream template's `master_ip`).
+    pub host: String,
+    pub insecure: bool,
+    pub loopback: bool,
+}
+
+impl std::fmt::Debug for PodKubeconfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodKubeconfig")
+            .field("server", &self.server)
+            .field("yaml", &"<redacted>")
+            .finish()
+    }
+}
+
+fn named<'a>(doc: &'a Value, list: &str, name: &str) -> Option<&'a Value> {
+    doc.get(list)?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+}
+
+/// The host of a server URL (`https://10.0.0.1:6443` → `10.0.0.1`).
+fn host_of(server: &str) -> String {
+    let rest = server.split("://").nth(1).unwrap_or(server);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6).to_owned();
+    }
+    authority.split(':').next().unwrap_or(authority).to_owned()
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Keep only the chosen context, inline every file, refuse plugins and (unless
+/// allowed) a loopback server: what the hollow nodes will read from their secret.
+pub fn for_pods(source: &Source, allow_loopback: bool) -> Result<PodKubeconfig> {
+    let path = source
+        .file()
+        .ok_or_else(|| Error::Usage("no kubeconfig for the kubemark master".into()))?;
+    let read_err = |reason: String| Error::Kubeconfig {
+        side: Side::Master,
+        path: path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| read_err(e.to_string()))?;
+    let doc: Value = serde_yaml::from_str(&text).map_err(|e| read_err(format!("not YAML: {e}")))?;
+    let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+    let context_name = match &source.context {
+        Some(c) => c.clone(),
+        None => doc
+            .get("current-context")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| read_err("it has no current-context; pass --master-context".into()))?,
+    };
+    let context = named(&doc, "contexts", &context_name)
+        .and_then(|c| c.get("context"))
+        .ok_or_else(|| read_err(format!("it has no context `{context_name}`")))?;
+    let cluster_name = context
+        .get("cluster")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let user_name = context
+        .get("user")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut cluster = named(&doc, "clusters", &cluster_name)
+        .and_then(|c| c.get("cluster"))
+        .cloned()
+        .ok_or_else(|| {
+            read_err(format!(
+                "context `{context_name}` names cluster `{cluster_name}`, which it does not define"
+            ))
+        })?;
+    let mut user = named(&doc, "users", &user_name)
+        .and_then(|u| u.get("user"))
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+
+    let refuse = |reason: String, hint: &str| Error::MasterKubeconfig {
+        reason,
+        hint: hint.to_owned(),
+    };
+    if let Some(exec) = user.get("exec") {
+        let command = exec.get("command").and_then(Value::as_str).unwrap_or("?");
+        return Err(refuse(
+            format!(
+                "user `{user_name}` gets its credentials from the exec plugin `{command}`, which does not exist inside the hollow-node pods"
+            ),
+            "use a kubeconfig with a token or client certificate for the master, e.g. a service account token from `kubectl create token`",
+        ));
+    }
+    if let Some(provider) = user.get("auth-provider") {
+        let name = provider.get("name").and_then(Value::as_str).unwrap_or("?");
+        return Err(refuse(
+            format!(
+                "user `{user_name}` gets its credentials from the auth-provider `{name}`, which does not exist inside the hollow-node pods"
+            ),
+            "use a kubeconfig with a token or client certificate for the master, e.g. a service account token from `kubectl create token`",
+        ));
+    }
+    let server = cluster
+        .get("server")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| read_err(format!("cluster `{cluster_name}` has no server")))?;
+    let host = host_of(&server);
+    let loopback = is_loopback(&host);
+    if loopback && !allow_loopback {
+        return Err(refuse(
+            format!(
+                "its server {server} is a loopback address: inside each hollow-node pod that is the pod itself"
+            ),
+            "give the master's address as the external cluster's pods reach it, or pass --allow-loopback-master when the pods share the host's network (as in the demo)",
+        ));
+    }
+    let inline = |obj: &mut Value, file_key: &str, data_key: &str| -> Result<()> {
+        if let Some(file) = obj.get(file_key).and_then(Value::as_str).map(str::to_owned) {
+            let full = if Path::new(&file).is_absolute() {
+                PathBuf::from(&file)
+            } else {
+                dir.join(&file)
+            };
+            let bytes = std::fs::read(&full).map_err(|e| {
+                read_err(format!("cannot read {} ({file_key}): {e}", full.display()))
+            })?;
+            if let Some(m) = obj.as_object_mut() {
+                m.remove(file_key);
+                m.insert(
+                    data_key.into(),
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                );
+            }
+        }
+        Ok(())
+    };
+    inline(
+        &mut cluster,
+        "certificate-authority",
+        "certificate-authority-data",
+    )?;
+    inline(&mut user, "client-certificate", "client-certificate-data")?;
+    inline(&mut user, "client-key", "client-key-data")?;
+    if let Some(file) = user
+        .get("tokenFile")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    {
+        let full = if Path::new(&file).is_absolute() {
+            PathBuf::from(&file)
+        } else {
+            dir.join(&file)
+        };
+        let token = std::fs::read_to_string(&full)
+            .map_err(|e| read_err(format!("cannot read {} (tokenFile): {e}", full.display())))?;
+        if let Some(m) = user.as_object_mut() {
+            m.remove("tokenFile");
+            m.insert("token".into(), json!(token.trim()));
+        }
+    }
+    let has_credentials = ["token", "client-certificate-data", "username"]
+        .iter()
+        .any(|k| user.get(k).is_some());
+    if !has_credentials {
+        return Err(refuse(
+            format!("user `{user_name}` has no token, client certificate or password"),
+            "give the master kubeconfig credentials the hollow kubelets can present",
+        ));
+    }
+    let insecure = cluster
+        .get("insecure-skip-tls-verify")
+        .and_then(Value::as_bool)
+        == Some(true);
+    let out = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster_name, "cluster": cluster}],
+        "users": [{"name": user_name, "user": user}],
+        "contexts": [{"name": context_name, "context": {"cluster": cluster_name, "user": user_name}}],
+        "current-context": context_name,
+        "preferences": {},
+    });
+    let yaml = serde_yaml::to_string(&out).map_err(|e| read_err(e.to_string()))?;
+    Ok(PodKubeconfig {
+        yaml,
+        server,
+        host,
+        insecure,
+        loopback,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const BASE: &str = "apiVersion: v1\nkind: Config\ncurrent-context: m\ncontexts:\n- name: m\n  context: {cluster: c, user: u}\n- name: other\n  context: {cluster: c2, user: u2}\nclusters:\n- name: c\n  cluster:\n    server: https://10.1.2.3:6443\n    certificate-authority: ca.crt\n- name: c2\n  cluster: {server: https://127.0.0.1:6443}\nusers:\n- name: u\n  user:\n    client-certificate: client.crt\n    client-key: /KEYDIR/client.key\n- name: u2\n  user: {token: abc}\n";
+
+    #[test]
+    fn keeps_one_context_and_inlines_files() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ca.crt", "CA");
+        write(dir.path(), "client.crt", "CERT");
+        write(dir.path(), "client.key", "KEY");
+        let text = BASE.replace("/KEYDIR", dir.path().to_str().unwrap());
+        let path = write(dir.path(), "config", &text);
+        let k = for_pods(
+            &Source {
+                path: Some(path.clone()),
+                context: None,
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(k.server, "https://10.1.2.3:6443");
+        assert_eq!(k.host, "10.1.2.3");
+        let doc: Value = serde_yaml::from_str(&k.yaml).unwrap();
+        assert_eq!(doc["contexts"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            doc["clusters"][0]["cluster"]["certificate-authority-data"],
+            "Q0E="
+        );
+        assert_eq!(doc["users"][0]["user"]["client-key-data"], "S0VZ");
+        assert!(doc["users"][0]["user"].get("client-key").is_none());
+        assert!(!format!("{k:?}").contains("S0VZ"));
+
+        // The other context is a loopback server: refused, unless allowed.
+        let other = Source {
+            path: Some(path),
+            context: Some("other".into()),
+        };
+        let e = for_pods(&other, false).unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        assert!(for_pods(&other, true).unwrap().loopback);
+    }
+
+    #[test]
+    fn refuses_plugins_and_missing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let exec = "apiVersion: v1\ncurrent-context: m\ncontexts:\n- name: m\n  context: {cluster: c, user: u}\nclusters:\n- name: c\n  cluster: {server: https://m.example:443}\nusers:\n- name: u\n  user:\n    exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: gke-gcloud-auth-plugin}\n";
+        let e = for_pods(
+            &Source {
+                path: Some(write(dir.path(), "exec", exec)),
+                context: None,
+            },
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("exec plugin `gke-gcloud-auth-plugin`"),
+            "{e}"
+        );
+        let missing = BASE.replace("/KEYDIR", "/nonexistent");
+        let e = for_pods(
+            &Source {
+                path: Some(write(dir.path(), "missing", &missing)),
+                context: None,
+            },
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_of("https://user@[::1]:6443/x"), "::1");
+        assert!(is_loopback("::1") && is_loopback("127.0.0.2") && is_loopback("localhost"));
+        assert!(!is_loopback("10.0.0.1"));
+    }
+}

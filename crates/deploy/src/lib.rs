@@ -1,0 +1,120 @@
+//! The kubemark cluster pipeline: with two kubeconfigs (the *external* cluster
+//! that runs hollow-node pods, the *kubemark master* they register with),
+//! render the hollow-node manifests, check everything, apply them with
+//! server-side apply, and wait with watches until the hollow nodes are Ready.
+//!
+//! Stages with typed values between them: [`Spec`] → [`plan::build`] (pure,
+//! printable: `render`) → [`preflight::run`] → [`apply::run`] → [`wait::run`].
+//! The library never prints; it emits [`Event`]s. It never depends on bollard
+//! or git2: the only thing it shares with the image side is the image reference.
+
+pub mod apply;
+pub mod diagnose;
+pub mod error;
+pub mod event;
+pub mod kubeconfig;
+pub mod plan;
+pub mod preflight;
+mod retry;
+pub mod teardown;
+pub mod template;
+pub mod wait;
+
+pub use error::{Error, Result, Side};
+pub use event::{Cancel, Event, Events};
+pub use kubeconfig::{Cluster, Source};
+pub use plan::{Plan, Resources, Spec};
+pub use template::Choice;
+
+use event::Say;
+
+/// What a deploy did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub namespace: String,
+    pub replicas: u32,
+    pub image: String,
+    pub template: String,
+    pub findings: preflight::Findings,
+    /// `None` with `--no-wait`.
+    pub summary: Option<wait::Summary>,
+}
+
+/// The plan, with the master kubeconfig prepared for pods; touches no cluster.
+pub fn render(spec: &Spec) -> Result<(Plan, kubeconfig::PodKubeconfig)> {
+    let pod_kubeconfig = kubeconfig::for_pods(&spec.master, spec.allow_loopback_master)?;
+    let plan = plan::build(spec, &pod_kubeconfig)?;
+    Ok((plan, pod_kubeconfig))
+}
+
+/// Both clusters' clients.
+pub async fn connect(spec_external: &Source, spec_master: &Source) -> Result<(Cluster, Cluster)> {
+    let external = kubeconfig::connect(Side::External, spec_external).await?;
+    let master = kubeconfig::connect(Side::Master, spec_master).await?;
+    Ok((external, master))
+}
+
+/// Render, check, apply, and (unless `spec.wait` is false) wait.
+pub async fn deploy(spec: &Spec, events: &Events, cancel: &Cancel) -> Result<Outcome> {
+    events.stage(
+        "preflight",
+        "rendering the manifests and checking both clusters",
+    );
+    let (plan, pod_kubeconfig) = render(spec)?;
+    if pod_kubeconfig.insecure {
+        events.warn("the master kubeconfig turns TLS verification off (insecure-skip-tls-verify): the hollow nodes will not verify the master");
+    }
+    if pod_kubeconfig.loopback {
+        events.warn(format!(
+            "the master is at a loopback address ({}): this works only for pods on the host's network (--allow-loopback-master)",
+            pod_kubeconfig.server
+        ));
+    }
+    let (external, master) = connect(&spec.external, &spec.master).await?;
+    let findings = preflight::run(spec, &plan, &external, &master, events).await?;
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    events.stage(
+        "apply",
+        format!(
+            "{} hollow nodes from {} into namespace {}",
+            spec.replicas, plan.template_name, spec.namespace
+        ),
+    );
+    apply::run(&external.client, &spec.namespace, &plan, events).await?;
+    let summary = if spec.wait {
+        events.stage(
+            "wait",
+            format!(
+                "for {} pods Running and {} nodes Ready (timeout {}s)",
+                spec.replicas,
+                spec.replicas,
+                spec.timeout().as_secs()
+            ),
+        );
+        Some(
+            wait::run(
+                &external,
+                &master,
+                &spec.namespace,
+                &plan.selector,
+                spec.replicas as usize,
+                spec.timeout(),
+                events,
+                cancel,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    Ok(Outcome {
+        namespace: spec.namespace.clone(),
+        replicas: spec.replicas,
+        image: spec.image.clone(),
+        template: plan.template_name,
+        findings,
+        summary,
+    })
+}

@@ -1,0 +1,445 @@
+//! What to apply, as pure data: the namespace, the configmap the template
+//! mounts, the kubeconfig secret and the rendered ReplicationController, built
+//! and checked without a cluster. `render` prints it; `deploy` applies it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::ReplicationController;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::kubeconfig::{PodKubeconfig, Source};
+use crate::template::{Choice, Template};
+
+/// The label every hollow node we register carries; its value is the namespace.
+pub const NODE_LABEL: &str = "kubemark.dev/hollow-node";
+/// The label on a namespace deploy created (destroy deletes only those).
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kubemark-deploy");
+/// The keys upstream fills with the master's kubeconfig.
+pub const SECRET_KEYS: [&str; 6] = [
+    "kubelet.kubeconfig",
+    "kubeproxy.kubeconfig",
+    "npd.kubeconfig",
+    "heapster.kubeconfig",
+    "cluster_autoscaler.kubeconfig",
+    "dns.kubeconfig",
+];
+/// A node-problem-detector configuration that watches nothing.
+pub const KERNEL_MONITOR: &str = r#"{"plugin": "kmsg", "logPath": "/dev/kmsg", "lookback": "10m", "bufferSize": 10, "source": "kernel-monitor", "conditions": [], "rules": []}"#;
+
+/// Per-container requests; `None` takes upstream's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Resources {
+    pub kubelet_millicpu: Option<u64>,
+    pub kubelet_mem_ki: Option<u64>,
+    pub proxy_millicpu: Option<u64>,
+    pub proxy_mem_ki: Option<u64>,
+    pub npd_millicpu: Option<u64>,
+    pub npd_mem_ki: Option<u64>,
+}
+
+/// Everything the user asked for.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Spec {
+    pub external: Source,
+    pub master: Source,
+    pub namespace: String,
+    pub replicas: u32,
+    /// `registry/kubemark:tag` (possibly `@sha256:`).
+    pub image: String,
+    pub template: Choice,
+    /// `--set key=value`, applied last.
+    pub sets: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub node_labels: Vec<(String, String)>,
+    pub register_with_taints: Option<String>,
+    pub max_pods: Option<u32>,
+    pub extended_resources: Option<String>,
+    /// `None`: grows with the node count.
+    pub timeout: Option<Duration>,
+    pub wait: bool,
+    pub allow_loopback_master: bool,
+    pub skip_capacity_check: bool,
+}
+
+impl Spec {
+    /// The wait's limit: the given one, or 2 minutes plus 0.1 s per node.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or_else(|| {
+            Duration::from_secs(120) + Duration::from_millis(100) * self.replicas
+        })
+    }
+}
+
+/// One object to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub kind: &'static str,
+    pub name: String,
+    pub value: Value,
+}
+
+/// The rendered, checked objects.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub namespace: Manifest,
+    pub configmaps: Vec<Manifest>,
+    pub secrets: Vec<Manifest>,
+    pub rc: Manifest,
+    /// The RC's selector, as a label selector string.
+    pub selector: String,
+    /// One hollow-node pod's requests: (millicores, bytes).
+    pub pod_requests: (u64, u64),
+    pub template_name: String,
+    /// Configmaps the template mounts that deploy does not create.
+    pub foreign_configmaps: Vec<String>,
+}
+
+impl Plan {
+    /// Every manifest, in apply order.
+    pub fn manifests(&self) -> Vec<&Manifest> {
+        let mut all = vec![&self.namespace];
+        all.extend(&self.configmaps);
+        all.extend(&self.secrets);
+        all.push(&self.rc);
+        all
+    }
+
+    /// The plan as multi-document YAML; secret data redacted unless `show_secrets`.
+    pub fn to_yaml(&self, show_secrets: bool) -> String {
+        let mut out = String::new();
+        for m in self.manifests() {
+            let mut value = m.value.clone();
+            if m.kind == "Secret"
+                && !show_secrets
+                && let Some(Value::Object(data)) = value.get_mut("data")
+            {
+                for (_, v) in data.iter_mut() {
+                    let len = v.as_str().map_or(0, |s| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(s)
+                            .map_or(0, |b| b.len())
+                    });
+                    *v = json!(format!("<redacted: {len} bytes; --show-secrets prints it>"));
+                }
+            }
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(&value).unwrap_or_default());
+        }
+        out
+    }
+}
+
+/// Split `registry/path/kubemark:tag[@digest]` into (registry/path, tag[@digest]).
+pub fn split_image(image: &str) -> Result<(String, String)> {
+    let (name, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (image, None),
+    };
+    let (path, tag) = match name.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+        Some((p, t)) => (p, t.to_owned()),
+        None => (name, "latest".to_owned()),
+    };
+    let (registry, repository) = path.rsplit_once('/').ok_or_else(|| {
+        Error::Usage(format!(
+            "the image `{image}` names no registry: give registry/kubemark:tag"
+        ))
+    })?;
+    if repository != "kubemark" {
+        return Err(Error::Usage(format!(
+            "the image `{image}` is not a `kubemark` repository: the templates name the image REGISTRY/kubemark:TAG"
+        )));
+    }
+    let tag = match digest {
+        Some(d) => format!("{tag}@{d}"),
+        None => tag,
+    };
+    Ok((registry.to_owned(), tag))
+}
+
+fn quote_arg(arg: &str) -> Result<String> {
+    if arg.contains(['"', '\\', '\n']) {
+        return Err(Error::Usage(format!(
+            "`{arg}` may not contain quotes, backslashes or newlines"
+        )));
+    }
+    Ok(format!("\"{arg}\","))
+}
+
+/// The template's variables, from the spec; `--set` wins.
+pub fn variables(spec: &Spec, master: &PodKubeconfig) -> Result<BTreeMap<String, String>> {
+    let (registry, tag) = split_image(&spec.image)?;
+    let n = u64::from(spec.replicas);
+    let r = &spec.resources;
+    let mut labels = vec![format!("{NODE_LABEL}={}", spec.namespace)];
+    for (k, v) in &spec.node_labels {
+        labels.push(format!("{k}={v}"));
+    }
+    let mut kubelet_params = String::new();
+    if let Some(m) = spec.max_pods {
+        kubelet_params.push_str(&quote_arg(&format!("--max-pods={m}"))?);
+    }
+    if let Some(t) = &spec.register_with_taints {
+        kubelet_params.push_str(&quote_arg(&format!("--register-with-taints={t}"))?);
+    }
+    if let Some(e) = &spec.extended_resources {
+        kubelet_params.push_str(&quote_arg(&format!("--extended-resources={e}"))?);
+    }
+    let mut vars: BTreeMap<String, String> = [
+        ("numreplicas", spec.replicas.to_string()),
+        ("namespace", spec.namespace.clone()),
+        ("kubemark_image", spec.image.clone()),
+        ("kubemark_image_registry", registry),
+        ("kubemark_image_tag", tag),
+        ("init_image", "busybox:1.32".to_owned()),
+        ("hollow_node_labels", labels.join(",")),
+        ("hollow_kubelet_params", kubelet_params),
+        ("hollow_proxy_params", String::new()),
+        (
+            "hollow_kubelet_millicpu",
+            r.kubelet_millicpu.unwrap_or(40).to_string(),
+        ),
+        (
+            "hollow_kubelet_mem_Ki",
+            r.kubelet_mem_ki.unwrap_or(102_400).to_string(),
+        ),
+        (
+            "hollow_proxy_millicpu",
+            r.proxy_millicpu
+                .unwrap_or(if n > 1000 { 50 } else { 20 })
+                .to_string(),
+        ),
+        (
+            "hollow_proxy_mem_Ki",
+            r.proxy_mem_ki.unwrap_or(100 * 1024 + 50 * n).to_string(),
+        ),
+        ("npd_millicpu", r.npd_millicpu.unwrap_or(20).to_string()),
+        ("npd_mem_Ki", r.npd_mem_ki.unwrap_or(20_480).to_string()),
+        ("master_ip", master.host.clone()),
+        ("kubemark_mig_config", String::new()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in &spec.sets {
+        vars.insert(k.clone(), v.clone());
+    }
+    Ok(vars)
+}
+
+fn quantity(q: &Value) -> Option<f64> {
+    let s = q
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| q.as_f64().map(|f| f.to_string()))?;
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let base: f64 = num.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        _ => return None,
+    };
+    Some(base * factor)
+}
+
+/// A pod template's requests: (millicores, bytes), init containers by the max rule.
+pub fn pod_requests(pod_spec: &Value) -> (u64, u64) {
+    let get = |c: &Value, k: &str| {
+        c.pointer(&format!("/resources/requests/{k}"))
+            .and_then(quantity)
+            .unwrap_or(0.0)
+    };
+    let list = |field: &str| {
+        pod_spec
+            .get(field)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (mut cpu, mut mem) = (0.0, 0.0);
+    for c in list("containers") {
+        cpu += get(&c, "cpu");
+        mem += get(&c, "memory");
+    }
+    for c in list("initContainers") {
+        cpu = f64::max(cpu, get(&c, "cpu"));
+        mem = f64::max(mem, get(&c, "memory"));
+    }
+    ((cpu * 1000.0).round() as u64, mem.round() as u64)
+}
+
+/// Render the template and build every object; nothing touches a cluster.
+pub fn build(spec: &Spec, master: &PodKubeconfig) -> Result<Plan> {
+    let template = Template::load(&spec.template)?;
+    let vars = variables(spec, master)?;
+    let rendered = template.render(&vars)?;
+    let bad = |reason: String| Error::Manifest {
+        name: template.name.clone(),
+        kind: "ReplicationController".into(),
+        reason,
+    };
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|doc| serde::Deserialize::deserialize(doc).map_err(|e| bad(format!("not YAML: {e}"))))
+        .collect::<Result<Vec<Value>>>()?
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect();
+    let [mut rc] = <[Value; 1]>::try_from(docs).map_err(|docs| {
+        bad(format!(
+            "it has {} documents, one ReplicationController is expected",
+            docs.len()
+        ))
+    })?;
+    if rc.get("kind").and_then(Value::as_str) != Some("ReplicationController") {
+        return Err(bad(format!(
+            "its kind is {}",
+            rc.get("kind").unwrap_or(&Value::Null)
+        )));
+    }
+    let name = rc
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if name.is_empty() {
+        return Err(bad("it has no metadata.name".into()));
+    }
+    rc["metadata"]["namespace"] = json!(spec.namespace);
+    rc["spec"]["replicas"] = json!(spec.replicas);
+    let typed: ReplicationController =
+        serde_json::from_value(rc.clone()).map_err(|e| bad(e.to_string()))?;
+    let selector: Vec<String> = typed
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if selector.is_empty() {
+        return Err(bad("it has no spec.selector".into()));
+    }
+    let pod_spec = rc
+        .pointer("/spec/template/spec")
+        .cloned()
+        .unwrap_or_default();
+    let volumes = pod_spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let secret_names: Vec<String> = volumes
+        .iter()
+        .filter_map(|v| {
+            v.pointer("/secret/secretName")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    let configmap_names: Vec<String> = volumes
+        .iter()
+        .filter_map(|v| {
+            v.pointer("/configMap/name")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    let encode = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let secrets = secret_names
+        .iter()
+        .map(|name| Manifest {
+            kind: "Secret",
+            name: name.clone(),
+            value: json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": name, "namespace": spec.namespace},
+                "type": "Opaque",
+                "data": SECRET_KEYS.iter().map(|k| (k.to_string(), json!(encode(&master.yaml)))).collect::<serde_json::Map<_, _>>(),
+            }),
+        })
+        .collect();
+    let (known, foreign): (Vec<String>, Vec<String>) = configmap_names
+        .into_iter()
+        .partition(|n| n == "node-configmap");
+    let configmaps = known
+        .iter()
+        .map(|name| Manifest {
+            kind: "ConfigMap",
+            name: name.clone(),
+            value: json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": spec.namespace},
+                "data": {"kernel.monitor": KERNEL_MONITOR},
+            }),
+        })
+        .collect();
+    let namespace = Manifest {
+        kind: "Namespace",
+        name: spec.namespace.clone(),
+        value: json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": spec.namespace, "labels": {MANAGED_BY.0: MANAGED_BY.1}},
+        }),
+    };
+    Ok(Plan {
+        namespace,
+        configmaps,
+        secrets,
+        rc: Manifest {
+            kind: "ReplicationController",
+            name,
+            value: rc,
+        },
+        selector: selector.join(","),
+        pod_requests: pod_requests(&pod_spec),
+        template_name: template.name,
+        foreign_configmaps: foreign,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_split_into_registry_and_tag() {
+        assert_eq!(
+            split_image("127.0.0.1:5000/kubemark:v1").unwrap(),
+            ("127.0.0.1:5000".into(), "v1".into())
+        );
+        let d = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            split_image(&format!("gcr.io/p/kubemark:v1@{d}")).unwrap(),
+            ("gcr.io/p".into(), format!("v1@{d}"))
+        );
+        assert_eq!(split_image("r.io/kubemark").unwrap().1, "latest");
+        assert!(split_image("r.io/other:v1").is_err());
+        assert!(split_image("kubemark:v1").is_err());
+    }
+
+    #[test]
+    fn requests_follow_the_max_rule() {
+        let spec = json!({
+            "initContainers": [{"resources": {"requests": {"cpu": "500m", "memory": "1Mi"}}}],
+            "containers": [{"resources": {"requests": {"cpu": "40m", "memory": "102400Ki"}}},
+                           {"resources": {"requests": {"cpu": "20m", "memory": "50M"}}}]
+        });
+        assert_eq!(pod_requests(&spec), (500, 102_400 * 1024 + 50_000_000));
+    }
+}

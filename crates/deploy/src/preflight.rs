@@ -1,0 +1,404 @@
+//! Checks before any write: both clusters answer (their versions, and the
+//! skew against the kubemark image), the credentials may do what deploy does
+//! (SelfSubjectAccessReview), and the external cluster has room for the pods.
+
+use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result, Side};
+use crate::event::{Events, Say};
+use crate::kubeconfig::Cluster;
+use crate::plan::{Plan, Spec};
+
+/// What the preflight learned.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Findings {
+    pub external_version: String,
+    pub master_version: String,
+    /// Hollow-node pods of ours already bound to nodes.
+    pub existing_pods: u64,
+}
+
+/// `v1.33.2` → (1, 33).
+pub fn minor_version(v: &str) -> Option<(u32, u32)> {
+    let v = v.strip_prefix('v')?;
+    let mut parts = v.split(['.', '-', '+']);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+pub async fn version(cluster: &Cluster) -> Result<String> {
+    let info = crate::retry::call(|| cluster.client.apiserver_version())
+        .await
+        .map_err(|e| Error::Unreachable {
+            side: cluster.side,
+            server: cluster.server.clone(),
+            reason: crate::error::describe(&e),
+        })?;
+    Ok(info.git_version)
+}
+
+/// Warn when the kubemark image's version and the master's do not go together.
+fn skew(image: &str, master: &str, events: &Events) {
+    let tag = image
+        .split('@')
+        .next()
+        .unwrap_or(image)
+        .rsplit_once(':')
+        .map_or("", |(_, t)| t);
+    let (Some(kubelet), Some(api)) = (minor_version(tag), minor_version(master)) else {
+        return;
+    };
+    if kubelet > api {
+        events.warn(format!(
+            "the kubemark image is {tag}, newer than the master's {master}: kubelets must not be newer than their API server"
+        ));
+    } else if kubelet.0 == api.0 && api.1 > kubelet.1 + 3 {
+        events.warn(format!(
+            "the kubemark image is {tag}, more than three minor versions behind the master's {master}"
+        ));
+    }
+}
+
+async fn may(
+    cluster: &Cluster,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    sub: &str,
+    ns: Option<&str>,
+) -> Result<Option<bool>> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(cluster.client.clone());
+    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource, "subresource": sub, "namespace": ns.unwrap_or_default()}},
+    }))
+    .map_err(|e| Error::Usage(e.to_string()))?;
+    let post = PostParams::default();
+    match crate::retry::call(|| api.create(&post, &review)).await {
+        Ok(r) => Ok(Some(r.status.is_some_and(|s| s.allowed))),
+        // A server without the review API cannot tell: carry on.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(Error::api(
+            cluster.side,
+            "asking what the credentials may do",
+        )(e)),
+    }
+}
+
+async fn permissions(
+    cluster: &Cluster,
+    checks: &[(&str, &str, &str, &str, Option<&str>)],
+    events: &Events,
+) -> Result<()> {
+    let mut denied = Vec::new();
+    for (verb, group, resource, sub, ns) in checks {
+        match may(cluster, verb, group, resource, sub, *ns).await? {
+            Some(false) => {
+                let what = if sub.is_empty() {
+                    (*resource).to_owned()
+                } else {
+                    format!("{resource}/{sub}")
+                };
+                denied.push(match ns {
+                    Some(ns) => format!("{verb} {what} in {ns}"),
+                    None => format!("{verb} {what}"),
+                });
+            }
+            Some(true) => {}
+            None => {
+                events.warn(format!(
+                    "the {} cannot review access; permissions were not checked",
+                    cluster.side
+                ));
+                return Ok(());
+            }
+        }
+    }
+    if denied.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Forbidden {
+            side: cluster.side,
+            denied,
+        })
+    }
+}
+
+fn quantity(q: &str) -> f64 {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let base: f64 = num.parse().unwrap_or(0.0);
+    base * match suffix {
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        _ => 1.0,
+    }
+}
+
+fn tolerated(taint: &Value, tolerations: &[Value]) -> bool {
+    tolerations.iter().any(|t| {
+        let op_exists = t["operator"] == "Exists";
+        let key_ok =
+            (t["key"].as_str().is_none_or(str::is_empty) && op_exists) || t["key"] == taint["key"];
+        let value_ok = op_exists
+            || t["value"].as_str().unwrap_or_default()
+                == taint["value"].as_str().unwrap_or_default();
+        let effect_ok =
+            t["effect"].as_str().is_none_or(str::is_empty) || t["effect"] == taint["effect"];
+        key_ok && value_ok && effect_ok
+    })
+}
+
+/// How many more hollow-node pods the external cluster's schedulable nodes take.
+async fn capacity(external: &Cluster, spec: &Spec, plan: &Plan) -> Result<(u64, Vec<String>, u64)> {
+    let nodes: Api<Node> = Api::all(external.client.clone());
+    let pods: Api<Pod> = Api::all(external.client.clone());
+    let all = ListParams::default();
+    let node_list = crate::retry::call(|| nodes.list(&all))
+        .await
+        .map_err(Error::api(Side::External, "listing nodes"))?;
+    let running = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    let pod_list = crate::retry::call(|| pods.list(&running))
+        .await
+        .map_err(Error::api(Side::External, "listing pods"))?;
+    let tolerations: Vec<Value> = plan
+        .rc
+        .value
+        .pointer("/spec/template/spec/tolerations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let (want_cpu, want_mem) = plan.pod_requests;
+    let mut used: std::collections::HashMap<String, (f64, f64, f64)> =
+        std::collections::HashMap::new();
+    let mut ours_bound = 0u64;
+    for p in &pod_list.items {
+        let v = serde_json::to_value(p).unwrap_or_default();
+        let Some(node) = v
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
+        let ours = v.pointer("/metadata/namespace").and_then(Value::as_str)
+            == Some(spec.namespace.as_str())
+            && v.pointer("/metadata/labels").is_some_and(|l| {
+                plan.selector.split(',').all(|kv| {
+                    let (k, val) = kv.split_once('=').unwrap_or((kv, ""));
+                    l.get(k).and_then(Value::as_str) == Some(val)
+                })
+            });
+        if ours {
+            ours_bound += 1;
+        }
+        let (cpu, mem) = crate::plan::pod_requests(v.get("spec").unwrap_or(&Value::Null));
+        let u = used.entry(node.to_owned()).or_default();
+        u.0 += cpu as f64 / 1000.0;
+        u.1 += mem as f64;
+        u.2 += 1.0;
+    }
+    let mut fits = 0u64;
+    let (mut free_cpu, mut free_mem, mut free_pods, mut schedulable) = (0.0, 0.0, 0.0, 0);
+    for n in &node_list.items {
+        let v = serde_json::to_value(n).unwrap_or_default();
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let ready = v
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+        let unschedulable = v.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true);
+        let tainted = v
+            .pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|t| {
+                matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
+                    && !tolerated(t, &tolerations)
+            });
+        if !ready || unschedulable || tainted {
+            continue;
+        }
+        schedulable += 1;
+        let alloc = |k: &str| {
+            v.pointer(&format!("/status/allocatable/{k}"))
+                .and_then(Value::as_str)
+                .map_or(0.0, quantity)
+        };
+        let u = used.get(name).copied().unwrap_or_default();
+        let (cpu, mem, pods) = (
+            alloc("cpu") - u.0,
+            alloc("memory") - u.1,
+            alloc("pods") - u.2,
+        );
+        free_cpu += cpu.max(0.0);
+        free_mem += mem.max(0.0);
+        free_pods += pods.max(0.0);
+        let by_cpu = if want_cpu == 0 {
+            f64::INFINITY
+        } else {
+            (cpu * 1000.0 / want_cpu as f64).floor()
+        };
+        let by_mem = if want_mem == 0 {
+            f64::INFINITY
+        } else {
+            (mem / want_mem as f64).floor()
+        };
+        fits += by_cpu.min(by_mem).min(pods.floor()).max(0.0) as u64;
+    }
+    let details = vec![
+        format!(
+            "each hollow-node pod requests {}m CPU and {:.0}Mi memory; {} are wanted, {} already placed",
+            want_cpu,
+            want_mem as f64 / 1048576.0,
+            spec.replicas,
+            ours_bound
+        ),
+        format!(
+            "{schedulable} schedulable node(s) of {} have {:.2} CPU, {:.0}Mi memory and {} pod slots free",
+            node_list.items.len(),
+            free_cpu,
+            free_mem / 1048576.0,
+            free_pods
+        ),
+    ];
+    Ok((fits, details, ours_bound))
+}
+
+/// Every check; errors before anything was written.
+pub async fn run(
+    spec: &Spec,
+    plan: &Plan,
+    external: &Cluster,
+    master: &Cluster,
+    events: &Events,
+) -> Result<Findings> {
+    let external_version = version(external).await?;
+    let master_version = version(master).await?;
+    events.note(format!(
+        "external cluster {} ({external_version}), context {}",
+        external.server, external.context
+    ));
+    events.note(format!(
+        "kubemark master {} ({master_version}), context {}",
+        master.server, master.context
+    ));
+    for c in [external, master] {
+        if c.insecure {
+            events.warn(format!(
+                "the {}'s kubeconfig turns TLS verification off (insecure-skip-tls-verify)",
+                c.side
+            ));
+        }
+    }
+    skew(&spec.image, &master_version, events);
+    let ns = Some(spec.namespace.as_str());
+    permissions(
+        external,
+        &[
+            ("create", "", "namespaces", "", None),
+            ("patch", "", "namespaces", "", None),
+            ("patch", "", "secrets", "", ns),
+            ("patch", "", "configmaps", "", ns),
+            ("patch", "", "replicationcontrollers", "", ns),
+            ("watch", "", "pods", "", ns),
+            ("get", "", "pods", "log", ns),
+            ("list", "", "events", "", ns),
+        ],
+        events,
+    )
+    .await?;
+    permissions(
+        master,
+        &[
+            ("watch", "", "nodes", "", None),
+            ("delete", "", "nodes", "", None),
+        ],
+        events,
+    )
+    .await?;
+    for name in &plan.foreign_configmaps {
+        events.warn(format!(
+            "the template mounts the configmap `{name}`, which deploy does not create"
+        ));
+    }
+    let (fits, details, existing) = capacity(external, spec, plan).await?;
+    let needed = u64::from(spec.replicas).saturating_sub(existing);
+    if fits < needed {
+        if spec.skip_capacity_check {
+            events.warn(format!(
+                "room for {fits} more hollow-node pods, {needed} needed (--skip-capacity-check)"
+            ));
+        } else {
+            return Err(Error::Capacity {
+                needed,
+                fits,
+                details,
+            });
+        }
+    } else {
+        events.note(format!(
+            "room for {fits} more hollow-node pods, {needed} needed"
+        ));
+    }
+    Ok(Findings {
+        external_version,
+        master_version,
+        existing_pods: existing,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_skew() {
+        assert_eq!(minor_version("v1.33.0"), Some((1, 33)));
+        assert_eq!(minor_version("v1.32.4-dispatcher"), Some((1, 32)));
+        assert_eq!(minor_version("latest"), None);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = std::sync::Arc::clone(&seen);
+        let events = Events::new(move |e| s.lock().unwrap().push(e));
+        skew("r/kubemark:v1.34.0", "v1.33.1", &events);
+        skew("r/kubemark:v1.33.0", "v1.33.1", &events);
+        skew("r/kubemark:v1.28.0", "v1.33.1", &events);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn taints_and_quantities() {
+        let tolerations = vec![
+            json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}),
+        ];
+        assert!(tolerated(
+            &json!({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}),
+            &tolerations
+        ));
+        assert!(!tolerated(
+            &json!({"key": "dedicated", "value": "x", "effect": "NoSchedule"}),
+            &tolerations
+        ));
+        assert_eq!(quantity("500m"), 0.5);
+        assert_eq!(quantity("2Gi"), 2.0 * 1024.0 * 1024.0 * 1024.0);
+    }
+}
