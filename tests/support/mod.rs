@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 
+#[allow(unused_imports)]
 pub use kubemark_testbed::{Fixture, GitDaemon};
 
 /// A free loopback port.

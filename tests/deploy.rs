@@ -1,0 +1,945 @@
+//! End-to-end tests of `cargo xtask deploy` (and `status`, `destroy`,
+//! `render`) against two simulator instances over HTTPS: the external
+//! cluster and the kubemark master, started in this test process.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubemark_sim::meta::idx;
+use kubemark_sim::{Sim, SimConfig, Timing};
+use support::{Env, Run};
+
+/// An address of this host that is not loopback, so that the master kubeconfig
+/// passes deploy's loopback check as a real master's would.
+fn routable_ip() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("10.255.255.255:1").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+fn timing() -> Timing {
+    Timing {
+        kubelet_delay: Duration::from_millis(100),
+        backoff: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(2),
+        lease_renew: Duration::from_secs(2),
+        status_report: Duration::from_secs(60),
+        node_grace: Duration::from_secs(20),
+        retry: Duration::from_millis(300),
+    }
+}
+
+/// Two clusters and an isolated environment for the xtask binary.
+struct Clusters {
+    external: Sim,
+    master: Sim,
+    env: Arc<Env>,
+    /// `--allow-loopback-master` when this host has no other address.
+    loopback: bool,
+}
+
+impl Clusters {
+    async fn start(
+        external: impl FnOnce(&mut SimConfig),
+        master: impl FnOnce(&mut SimConfig),
+    ) -> Self {
+        let env = Arc::new(Env::new());
+        let ip = routable_ip();
+        let base = SimConfig {
+            listen: ip.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+            timing: timing(),
+            kubeconfig_dir: Some(env.path("kubeconfigs")),
+            ..SimConfig::default()
+        };
+        let mut e = SimConfig {
+            name: "external".into(),
+            workers: 3,
+            worker_cpu: "8".into(),
+            worker_memory: "32Gi".into(),
+            ..base.clone()
+        };
+        external(&mut e);
+        let mut m = SimConfig {
+            name: "master".into(),
+            workers: 0,
+            ..base
+        };
+        master(&mut m);
+        Self {
+            external: Sim::start(e).await.unwrap(),
+            master: Sim::start(m).await.unwrap(),
+            env,
+            loopback: ip.is_none(),
+        }
+    }
+
+    async fn default() -> Self {
+        Self::start(|_| {}, |_| {}).await
+    }
+
+    /// `deploy ...` with both kubeconfigs; `extra` follows.
+    fn args(&self, sub: &[&str], extra: &[&str]) -> Vec<String> {
+        let mut all: Vec<String> = vec!["deploy".into()];
+        all.extend(sub.iter().map(|s| s.to_string()));
+        all.extend([
+            "--external-kubeconfig".into(),
+            self.external.kubeconfig.display().to_string(),
+            "--master-kubeconfig".into(),
+            self.master.kubeconfig.display().to_string(),
+        ]);
+        if self.loopback && sub.is_empty() {
+            all.push("--allow-loopback-master".into());
+        }
+        all.extend(extra.iter().map(|s| s.to_string()));
+        all
+    }
+
+    async fn run(&self, sub: &[&str], extra: &[&str]) -> Run {
+        let args = self.args(sub, extra);
+        let env = Arc::clone(&self.env);
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            env.xtask(&refs)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn deploy(&self, extra: &[&str]) -> Run {
+        let mut args = vec!["--image", "127.0.0.1:5000/kubemark:v1.33.0"];
+        args.extend_from_slice(extra);
+        self.run(&[], &args).await
+    }
+
+    /// Hollow nodes of namespace `kubemark` on the master, and how many are Ready.
+    fn master_nodes(&self) -> (usize, usize) {
+        let (nodes, _) = self.master.store().list(idx::NODES, None);
+        let ours: Vec<_> = nodes
+            .iter()
+            .filter(|n| {
+                n.value
+                    .pointer("/metadata/labels/kubemark.dev~1hollow-node")
+                    .and_then(|v| v.as_str())
+                    == Some("kubemark")
+            })
+            .collect();
+        let ready = ours
+            .iter()
+            .filter(|n| {
+                n.value["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .count();
+        (ours.len(), ready)
+    }
+
+    fn external_pods(&self) -> usize {
+        self.external
+            .store()
+            .list(idx::PODS, Some("kubemark"))
+            .0
+            .len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_rerun_scale_status_and_destroy() {
+    let c = Clusters::default().await;
+    // A real node of the master that nothing may touch.
+    c.master
+        .store()
+        .create(idx::NODES, serde_json::json!({"metadata": {"name": "real-node-1", "labels": {"kubernetes.io/hostname": "real-node-1"}}}))
+        .unwrap();
+
+    let run = c.deploy(&["--replicas", "50"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("50 hollow nodes Ready in namespace kubemark"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("registration latency"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("room for"), "{}", run.stderr);
+    assert_eq!(c.master_nodes(), (50, 50));
+    assert_eq!(c.external_pods(), 50);
+    let rc_rv = c
+        .external
+        .store()
+        .get(idx::RCS, "kubemark", "hollow-node")
+        .unwrap()
+        .rv;
+
+    // The same deploy again changes nothing.
+    let run = c.deploy(&["--replicas", "50"]).await;
+    run.assert_code(0);
+    for line in [
+        "Namespace kubemark unchanged",
+        "Secret kubeconfig unchanged",
+        "ReplicationController hollow-node unchanged",
+    ] {
+        assert!(run.stderr.contains(line), "{line}: {}", run.stderr);
+    }
+    assert_eq!(
+        c.external
+            .store()
+            .get(idx::RCS, "kubemark", "hollow-node")
+            .unwrap()
+            .rv,
+        rc_rv
+    );
+
+    // status: counts and the map hollow node ↔ pod ↔ external node.
+    let run = c.run(&["status"], &["--output", "json"]).await;
+    run.assert_code(0);
+    let status = run.json();
+    assert_eq!(
+        (
+            status["wanted"].as_i64(),
+            status["running"].as_i64(),
+            status["ready"].as_i64()
+        ),
+        (Some(50), Some(50), Some(50))
+    );
+    let row = &status["rows"][0];
+    assert_eq!(row["hollow_node"], row["pod"]);
+    assert!(
+        row["external_node"]
+            .as_str()
+            .unwrap()
+            .starts_with("worker-"),
+        "{row}"
+    );
+
+    // Scale up, then down: the master's stale nodes go.
+    c.deploy(&["--replicas", "80"]).await.assert_code(0);
+    assert_eq!(c.master_nodes(), (80, 80));
+    let run = c.deploy(&["--replicas", "20"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("deleted 60 stale hollow node(s)"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(c.master_nodes(), (20, 20));
+    assert_eq!(c.external_pods(), 20);
+
+    // destroy leaves nothing of ours on either side, and the real node.
+    let run = c.run(&["destroy"], &[]).await;
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("destroyed: 1 ReplicationController(s), 1 secret(s)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        c.external
+            .store()
+            .get(idx::NAMESPACES, "", "kubemark")
+            .is_none()
+    );
+    assert_eq!(c.external_pods(), 0);
+    assert_eq!(c.master_nodes(), (0, 0));
+    assert!(
+        c.master
+            .store()
+            .get(idx::NODES, "", "real-node-1")
+            .is_some()
+    );
+    let run = c.run(&["destroy"], &[]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("nothing to destroy"), "{}", run.stdout);
+}
+
+const MASTER_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\ncurrent-context: master\nclusters:\n- name: master\n  cluster:\n    server: https://10.1.2.3:6443\n    certificate-authority-data: Q0E=\nusers:\n- name: admin\n  user:\n    token: not-a-real-token\ncontexts:\n- name: master\n  context: {cluster: master, user: admin}\n";
+
+fn snapshot(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/snapshots")
+        .join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing; run with UPDATE_SNAPSHOTS=1", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "the output differs from {} (UPDATE_SNAPSHOTS=1 rewrites it)",
+        path.display()
+    );
+}
+
+#[test]
+fn render_prints_the_manifests_and_touches_nothing() {
+    let env = Env::new();
+    let master = env.path("master.kubeconfig");
+    std::fs::write(&master, MASTER_KUBECONFIG).unwrap();
+    let args = [
+        "deploy",
+        "render",
+        "--replicas",
+        "3",
+        "--image",
+        "127.0.0.1:5000/kubemark:v1.33.0",
+        "--master-kubeconfig",
+        master.to_str().unwrap(),
+        "--node-labels",
+        "zone=a",
+        "--max-pods",
+        "30",
+    ];
+    let run = env.xtask(&args);
+    run.assert_code(0);
+    snapshot("render-simplified.yaml", &run.stdout);
+    assert!(run.stdout.contains("<redacted"), "secret data is redacted");
+    assert!(
+        !run.stdout.contains("not-a-real-token") && !run.stdout.contains("bm90LWEtcmVhbC10b2tlbg")
+    );
+    let shown = env.xtask(&[&args[..], &["--show-secrets"]].concat());
+    shown.assert_code(0);
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&shown.stdout)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let secret = docs.iter().find(|d| d["kind"] == "Secret").unwrap();
+    let decoded = base64_decode(secret["data"]["kubelet.kubeconfig"].as_str().unwrap());
+    assert!(
+        decoded.contains("server: https://10.1.2.3:6443") && decoded.contains("not-a-real-token"),
+        "{decoded}"
+    );
+
+    // The manifests pass the API schemas of Kubernetes 1.33, checked offline.
+    if let Ok(validator) = std::env::var("KUBEMARK_KUBERNETES_VALIDATE") {
+        let file = env.path("rendered.yaml");
+        std::fs::write(&file, &shown.stdout).unwrap();
+        let out = std::process::Command::new(validator)
+            .args(["--strict", "-k", "1.33.0"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubernetes-validate: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn base64_decode(s: &str) -> String {
+    let out = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(s.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An upstream-style template: go-runner command lines with the parameters
+/// spliced in, node-problem-detector reading a configmap and its own kubeconfig.
+const UPSTREAM_STYLE: &str = r#"apiVersion: v1
+kind: ReplicationController
+metadata:
+  name: hollow-node
+  labels:
+    name: hollow-node
+    {{kubemark_mig_config}}
+spec:
+  replicas: {{numreplicas}}
+  selector:
+    name: hollow-node
+  template:
+    metadata:
+      labels:
+        name: hollow-node
+        {{kubemark_mig_config}}
+    spec:
+      volumes:
+      - name: kubeconfig-volume
+        secret:
+          secretName: kubeconfig
+      - name: kernelmonitorconfig-volume
+        configMap:
+          name: node-configmap
+      - name: logs-volume
+        hostPath:
+          path: /var/log
+      containers:
+      - name: hollow-kubelet
+        image: {{kubemark_image_registry}}/kubemark:{{kubemark_image_tag}}
+        env:
+        - name: NODE_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        command: [
+          "/go-runner",
+          "-log-file=/var/log/kubelet-$(NODE_NAME).log",
+          "/kubemark",
+          "--morph=kubelet",
+          "--name=$(NODE_NAME)",
+          "--kubeconfig=/kubeconfig/kubelet.kubeconfig",
+          "--node-labels={{hollow_node_labels}}",
+          {{hollow_kubelet_params}}
+        ]
+        volumeMounts:
+        - name: kubeconfig-volume
+          mountPath: /kubeconfig
+          readOnly: true
+        - name: logs-volume
+          mountPath: /var/log
+        resources:
+          requests:
+            cpu: {{hollow_kubelet_millicpu}}m
+            memory: {{hollow_kubelet_mem_Ki}}Ki
+      - name: hollow-proxy
+        image: {{kubemark_image_registry}}/kubemark:{{kubemark_image_tag}}
+        env:
+        - name: NODE_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        command: [
+          "/go-runner",
+          "/kubemark",
+          "--morph=proxy",
+          "--name=$(NODE_NAME)",
+          "--kubeconfig=/kubeconfig/kubeproxy.kubeconfig",
+          {{hollow_proxy_params}}
+        ]
+        volumeMounts:
+        - name: kubeconfig-volume
+          mountPath: /kubeconfig
+          readOnly: true
+        resources:
+          requests:
+            cpu: {{hollow_proxy_millicpu}}m
+            memory: {{hollow_proxy_mem_Ki}}Ki
+      - name: hollow-node-problem-detector
+        image: registry.k8s.io/node-problem-detector/node-problem-detector:v0.8.21
+        env:
+        - name: NODE_NAME
+          valueFrom:
+            fieldRef:
+              fieldPath: metadata.name
+        command:
+        - /bin/sh
+        - -c
+        - /node-problem-detector --system-log-monitors=/config/kernel.monitor --apiserver-override="https://{{master_ip}}:443?inClusterConfig=false&auth=/kubeconfig/npd.kubeconfig" --alsologtostderr 1>>/var/log/npd-$(NODE_NAME).log 2>&1
+        volumeMounts:
+        - name: kubeconfig-volume
+          mountPath: /kubeconfig
+          readOnly: true
+        - name: kernelmonitorconfig-volume
+          mountPath: /config
+          readOnly: true
+        resources:
+          requests:
+            cpu: {{npd_millicpu}}m
+            memory: {{npd_mem_Ki}}Ki
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_upstream_template_renders_and_deploys() {
+    let c = Clusters::default().await;
+    let checkout = c.env.path("kubernetes");
+    let template = checkout.join("test/kubemark/resources/hollow-node_template.yaml");
+    std::fs::create_dir_all(template.parent().unwrap()).unwrap();
+    std::fs::write(&template, UPSTREAM_STYLE).unwrap();
+    let source = checkout.to_str().unwrap();
+    let run = c
+        .deploy(&[
+            "--replicas",
+            "5",
+            "--template",
+            "upstream",
+            "--source-dir",
+            source,
+            "--max-pods",
+            "40",
+        ])
+        .await;
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("ConfigMap node-configmap applied"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(c.master_nodes(), (5, 5));
+    let cm = c
+        .external
+        .store()
+        .get(idx::CONFIGMAPS, "kubemark", "node-configmap")
+        .unwrap();
+    assert!(
+        cm.value["data"]["kernel.monitor"]
+            .as_str()
+            .unwrap()
+            .contains("kmsg")
+    );
+    let secret = c
+        .external
+        .store()
+        .get(idx::SECRETS, "kubemark", "kubeconfig")
+        .unwrap();
+    for key in [
+        "kubelet.kubeconfig",
+        "kubeproxy.kubeconfig",
+        "npd.kubeconfig",
+    ] {
+        assert!(secret.value["data"][key].is_string(), "{key}");
+    }
+    let (nodes, _) = c.master.store().list(idx::NODES, None);
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.value["status"]["capacity"]["pods"] == "40"),
+        "--max-pods reached the hollow kubelets"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn too_little_capacity_is_refused_before_anything_is_created() {
+    let c = Clusters::start(
+        |e| {
+            e.workers = 1;
+            e.worker_cpu = "500m".into();
+        },
+        |_| {},
+    )
+    .await;
+    let run = c.deploy(&["--replicas", "50"]).await;
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("the external cluster has room for 8 hollow-node pod(s), 50 needed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("each hollow-node pod requests 60m CPU"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("--skip-capacity-check"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        c.external
+            .store()
+            .get(idx::NAMESPACES, "", "kubemark")
+            .is_none(),
+        "nothing was created"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_that_does_not_pull_is_diagnosed() {
+    let c = Clusters::start(
+        |e| e.images.known = Some(vec!["busybox:1.32".into()]),
+        |_| {},
+    )
+    .await;
+    let run = c.deploy(&["--replicas", "3", "--timeout", "8s"]).await;
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("0/3 hollow nodes Ready after 8s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(
+            "3 pods ImagePullBackOff: image 127.0.0.1:5000/kubemark:v1.33.0 cannot be pulled"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("deploy again"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_the_pods_cannot_reach_is_diagnosed() {
+    let master_port = kubemark_testbed::free_port().unwrap();
+    let ip = routable_ip().unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    let c = Clusters::start(
+        |e| e.unreachable = vec![format!("{ip}:{master_port}")],
+        |m| m.port = master_port,
+    )
+    .await;
+    let run = c.deploy(&["--replicas", "2", "--timeout", "8s"]).await;
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("2 pods CrashLoopBackOff (container hollow-kubelet keeps exiting)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("i/o timeout"),
+        "the hollow kubelet's own words: {}",
+        run.stderr
+    );
+}
+
+fn custom_template(c: &Clusters, name: &str, edit: impl FnOnce(String) -> String) -> String {
+    let path = c.env.path(name);
+    std::fs::write(
+        &path,
+        edit(kubemark_deploy::template::SIMPLIFIED.to_owned()),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_secret_key_and_a_missing_configmap_are_diagnosed() {
+    let c = Clusters::default().await;
+    let wrong_key = custom_template(&c, "wrong-key.yaml", |t| {
+        t.replace("/kubeconfig/kubelet.kubeconfig", "/kubeconfig/kubelet.conf")
+    });
+    let run = c
+        .deploy(&[
+            "--replicas",
+            "2",
+            "--timeout",
+            "8s",
+            "--template",
+            &wrong_key,
+        ])
+        .await;
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("2 pods CrashLoopBackOff (container hollow-kubelet keeps exiting)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("open /kubeconfig/kubelet.conf: no such file or directory"),
+        "{}",
+        run.stderr
+    );
+    c.run(&["destroy"], &[]).await.assert_code(0);
+
+    let extra_volume = custom_template(&c, "configmap.yaml", |t| {
+        t.replace(
+            "      - name: logs-volume\n        hostPath:",
+            "      - name: extra\n        configMap:\n          name: hollow-extra\n      - name: logs-volume\n        hostPath:",
+        )
+    });
+    let run = c
+        .deploy(&[
+            "--replicas",
+            "2",
+            "--timeout",
+            "8s",
+            "--template",
+            &extra_volume,
+        ])
+        .await;
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains(
+            "the template mounts the configmap `hollow-extra`, which deploy does not create"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("2 pods FailedMount: MountVolume.SetUp failed for volume \"extra\" : configmap \"hollow-extra\" not found"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubeconfigs_a_pod_cannot_use_are_refused() {
+    let c = Clusters::default().await;
+    let text = std::fs::read_to_string(&c.master.kubeconfig).unwrap();
+    let port = c.master.url.rsplit(':').next().unwrap();
+    let loopback = c.env.path("loopback.kubeconfig");
+    let host = c
+        .master
+        .url
+        .split("://")
+        .nth(1)
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .0
+        .to_owned();
+    std::fs::write(
+        &loopback,
+        text.replace(
+            &format!("https://{host}:{port}"),
+            &format!("https://127.0.0.1:{port}"),
+        ),
+    )
+    .unwrap();
+    let exec = c.env.path("exec.kubeconfig");
+    std::fs::write(
+        &exec,
+        text.replace(&format!("    token: {}\n", c.master.token), "    exec:\n      apiVersion: client.authentication.k8s.io/v1beta1\n      command: gke-gcloud-auth-plugin\n"),
+    )
+    .unwrap();
+    for (file, expect) in [
+        (&loopback, "is a loopback address"),
+        (&exec, "the exec plugin `gke-gcloud-auth-plugin`"),
+    ] {
+        let args = [
+            "deploy",
+            "--external-kubeconfig",
+            c.external.kubeconfig.to_str().unwrap(),
+            "--master-kubeconfig",
+            file.to_str().unwrap(),
+            "--replicas",
+            "2",
+            "--image",
+            "127.0.0.1:5000/kubemark:v1",
+        ];
+        let env = Arc::clone(&c.env);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let run = tokio::task::spawn_blocking(move || {
+            env.xtask(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap();
+        run.assert_code(2);
+        assert!(run.stderr.contains(expect), "{expect}: {}", run.stderr);
+        assert!(run.stderr.contains("hint:"), "{}", run.stderr);
+        assert!(
+            c.external
+                .store()
+                .get(idx::NAMESPACES, "", "kubemark")
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn undefined_placeholders_and_bad_flags_are_usage_errors() {
+    let c = Clusters::default().await;
+    let template = custom_template(&c, "undefined.yaml", |t| {
+        t.replace(
+            "name: hollow-kubelet",
+            "name: hollow-kubelet\n        workingDir: {{ a_missing }}/{{ b_missing }}",
+        )
+    });
+    let run = c
+        .deploy(&["--replicas", "2", "--template", &template])
+        .await;
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("needs 2 value(s) nobody set: a_missing, b_missing"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("--set a_missing=... --set b_missing=..."),
+        "{}",
+        run.stderr
+    );
+    let run = c
+        .deploy(&[
+            "--replicas",
+            "2",
+            "--template",
+            &template,
+            "--set",
+            "a_missing=/x",
+            "--set",
+            "b_missing=y",
+            "--no-wait",
+        ])
+        .await;
+    run.assert_code(0);
+
+    for (extra, expect) in [
+        (vec!["--replicas", "many"], "invalid value 'many'"),
+        (
+            vec!["--replicas", "2", "--node-labels", "zone"],
+            "is not key=value",
+        ),
+        (
+            vec!["--replicas", "2", "--register-with-taints", "a=b"],
+            "key=value:Effect",
+        ),
+        (
+            vec!["--replicas", "2", "--timeout", "soon"],
+            "is not a duration",
+        ),
+        (
+            vec!["--replicas", "2", "--kubelet-cpu", "fast"],
+            "is not a CPU quantity",
+        ),
+        (
+            vec!["--replicas", "2", "--namespace", "Not_Valid"],
+            "not a valid namespace",
+        ),
+        (vec!["--replicas", "2", "--set", "x"], "is not key=value"),
+        (vec![], "no --replicas given"),
+    ] {
+        let run = c.deploy(&extra).await;
+        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(expect),
+            "{extra:?}: expected {expect:?} in {}",
+            run.stderr
+        );
+    }
+    let run = c
+        .run(&[], &["--replicas", "2", "--image", "r.io/other:v1"])
+        .await;
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("is not a `kubemark` repository"),
+        "{}",
+        run.stderr
+    );
+    let env = Arc::clone(&c.env);
+    let run = tokio::task::spawn_blocking(move || env.xtask(&["deploy", "--replicas", "2"]))
+        .await
+        .unwrap();
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("no kubeconfig for the kubemark master"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_permissions_are_listed_before_anything_is_created() {
+    let c = Clusters::start(
+        |e| e.deny = vec![("patch".into(), "replicationcontrollers".into())],
+        |_| {},
+    )
+    .await;
+    let run = c.deploy(&["--replicas", "2"]).await;
+    run.assert_code(1);
+    assert!(run.stderr.contains("the external cluster does not allow what deploy needs: patch replicationcontrollers in kubemark"), "{}", run.stderr);
+    assert!(
+        c.external
+            .store()
+            .get(idx::NAMESPACES, "", "kubemark")
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_nodes_converge_under_faults() {
+    let faulty = |s: &mut SimConfig| {
+        s.faults.errors = kubemark_sim::Faults::parse_errors("*:*:500:0.05,*:*:429:0.05").unwrap();
+        s.faults.watch_max_duration = Some(Duration::from_secs(3));
+        s.faults.seed = 42;
+    };
+    let c = Clusters::start(
+        |e| {
+            e.workers = 6;
+            faulty(e);
+        },
+        faulty,
+    )
+    .await;
+    let run = c.deploy(&["--replicas", "500"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("500 hollow nodes Ready"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        c.master_nodes(),
+        (500, 500),
+        "exactly 500 nodes on the master"
+    );
+    assert_eq!(
+        c.external_pods(),
+        500,
+        "exactly 500 pods on the external cluster"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ctrl_c_mid_wait_leaves_everything_and_a_rerun_finishes() {
+    let c = Clusters::start(|e| e.timing.kubelet_delay = Duration::from_secs(4), |_| {}).await;
+    let args = c.args(
+        &[],
+        &[
+            "--replicas",
+            "5",
+            "--image",
+            "127.0.0.1:5000/kubemark:v1.33.0",
+        ],
+    );
+    let env = Arc::clone(&c.env);
+    let (code, stderr) = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = env.spawn(&refs);
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut seen = String::new();
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let line = line.unwrap();
+                if line.starts_with("==> wait") {
+                    let _ = tx.send(());
+                }
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            seen
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the wait starts");
+        std::thread::sleep(Duration::from_millis(500));
+        support::sh("kill", &["-INT", &child.id().to_string()], None);
+        let status = child.wait().unwrap();
+        (status.code(), reader.join().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        c.external
+            .store()
+            .get(idx::RCS, "kubemark", "hollow-node")
+            .is_some(),
+        "everything stays as it is"
+    );
+    let run = c.deploy(&["--replicas", "5"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains("ReplicationController hollow-node unchanged"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(c.master_nodes(), (5, 5));
+}
