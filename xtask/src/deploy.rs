@@ -516,7 +516,7 @@ pub fn print_outcome(o: &kubemark_deploy::Outcome, json: bool) {
             );
             if let (Some(p50), Some(p99)) = (s.registration_p50_s, s.registration_p99_s) {
                 println!(
-                    "  registration latency (pod created → node Ready): p50 {p50:.1}s, p99 {p99:.1}s"
+                    "  registration latency (pod seen → its node Ready): p50 {p50:.1}s, p99 {p99:.1}s"
                 );
             }
             if s.stale_nodes_deleted > 0 {

@@ -45,6 +45,9 @@ pub struct Args {
     /// From binding to running, in milliseconds.
     #[arg(long, default_value_t = 300)]
     kubelet_delay_ms: u64,
+    /// Address to serve on (and to write into the kubeconfigs).
+    #[arg(long, default_value = "127.0.0.1")]
+    listen: std::net::IpAddr,
 }
 
 pub fn run(args: Args, _global: &Global) -> Result<(), Failure> {
@@ -64,6 +67,7 @@ pub fn run(args: Args, _global: &Global) -> Result<(), Failure> {
         ..Faults::default()
     };
     let base = SimConfig {
+        listen: args.listen,
         tls: !args.plain_http,
         kubeconfig_dir: Some(args.kubeconfig_dir.clone()),
         images: Images {

@@ -91,9 +91,13 @@ pub async fn connect(side: Side, source: &Source) -> Result<Cluster> {
         context: Some(context.clone()),
         ..KubeConfigOptions::default()
     };
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
         .map_err(|e| fail(e.to_string()))?;
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("kubemark-deploy/", env!("CARGO_PKG_VERSION"))),
+    ));
     let server = config
         .cluster_url
         .to_string()

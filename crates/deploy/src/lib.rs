@@ -16,6 +16,7 @@ pub mod kubeconfig;
 pub mod plan;
 pub mod preflight;
 mod retry;
+pub mod tables;
 pub mod teardown;
 pub mod template;
 pub mod wait;

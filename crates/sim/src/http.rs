@@ -214,7 +214,27 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let agent = shared.stats.agent(
+        req.headers()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default(),
+    );
+    agent
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let response = serve(&shared, req).await;
+    // Count what goes out, streams included, as it goes.
+    let (parts, body) = response.into_parts();
+    let counted = BodyExt::map_frame(body, move |frame| {
+        if let Some(data) = frame.data_ref() {
+            agent
+                .bytes
+                .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        frame
+    });
+    let response = Response::from_parts(parts, BodyExt::boxed(counted));
     tracing::debug!(
         target: "kubemark_sim::http",
         "{} {method} {path} -> {} in {:?}",
@@ -246,6 +266,14 @@ async fn serve(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         segments.as_slice(),
         ["version"] | ["healthz"] | ["livez"] | ["readyz"]
     );
+    if segments.as_slice() == ["debug", "sim", "stats"]
+        && shared
+            .tokens
+            .iter()
+            .any(|t| authorization == format!("Bearer {t}"))
+    {
+        return json_response(200, &shared.stats.to_json());
+    }
     let token = authorization.strip_prefix("Bearer ").unwrap_or_default();
     if !public && !shared.tokens.iter().any(|t| t == token) {
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
@@ -345,7 +373,13 @@ async fn resource(
             if r.wants_table() {
                 return Ok(json_response(
                     200,
-                    &table::table(res, &[&obj.value], obj.rv, None),
+                    &table::table(
+                        res,
+                        &[&obj.value],
+                        obj.rv,
+                        None,
+                        table::Include::parse(r.q("includeObject")),
+                    ),
                 ));
             }
             Ok(respond(200, "application/json", obj.json.clone()))
@@ -738,11 +772,19 @@ fn list(
         let values: Vec<&Value> = page.iter().map(|o| &o.value).collect();
         return Ok(json_response(
             200,
-            &table::table(res, &values, rv, next.as_deref()),
+            &table::table(
+                res,
+                &values,
+                snapshot_rv,
+                next.as_deref(),
+                table::Include::parse(r.q("includeObject")),
+            ),
         ));
     }
     let resource = &RESOURCES[res];
-    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    // Every page reports the first page's version, as a real server's snapshot does:
+    // a client that watches from it replays whatever changed while it paged.
+    let mut metadata = json!({"resourceVersion": snapshot_rv.to_string()});
     if let Some(token) = &next {
         metadata["continue"] = json!(token);
     }
@@ -793,6 +835,7 @@ fn watch(
     let fields = FieldSelector::parse(r.q("fieldSelector").unwrap_or_default())?;
     let bookmarks = matches!(r.q("allowWatchBookmarks"), Some("true" | "1"));
     let table_format = r.wants_table();
+    let include = table::Include::parse(r.q("includeObject"));
     let timeout = r
         .q("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
@@ -808,9 +851,14 @@ fn watch(
             && fields.matches(obj)
     };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
+    // As a real server does, only the first Table event of a watch carries the column definitions.
+    let headers_sent = std::sync::atomic::AtomicBool::new(false);
     let encode = move |kind: &str, obj: &Obj| -> Bytes {
         if table_format {
-            let t = table::table(res, &[&obj.value], obj.rv, None);
+            let mut t = table::table(res, &[&obj.value], obj.rv, None, include);
+            if headers_sent.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                t["columnDefinitions"] = json!([]);
+            }
             Bytes::from(format!("{{\"type\":\"{kind}\",\"object\":{t}}}\n"))
         } else {
             let mut b = Vec::with_capacity(obj.json.len() + 32);
@@ -904,6 +952,7 @@ fn watch(
                     };
                     // Batch what is already waiting into one write: one frame, one TLS record.
                     let mut batch = Vec::new();
+                    let mut lagged = false;
                     let mut pending = Some(change);
                     while let Some(change) = pending.take() {
                         if let Some(bytes) = emit(&change, &mut last_rv) {
@@ -916,13 +965,19 @@ fn watch(
                             last_rv = change.obj.rv;
                         }
                         if batch.len() < 256 * 1024 {
-                            pending = start.live.try_recv().ok();
+                            match start.live.try_recv() {
+                                Ok(next) => pending = Some(next),
+                                Err(tokio::sync::broadcast::error::TryRecvError::Empty) => {}
+                                // Fell behind the feed: what was sent stands, then the watch ends and the
+                                // client resumes from its last version (or gets 410 and lists again).
+                                Err(_) => lagged = true,
+                            }
                         }
                     }
                     if !batch.is_empty() && !send(Bytes::from(batch)).await {
                         return;
                     }
-                    if sent >= max_events {
+                    if sent >= max_events || lagged {
                         return;
                     }
                 }

@@ -187,6 +187,51 @@ impl Logs {
     }
 }
 
+/// What the server sent, by client (the User-Agent's product name), and when
+/// the last node turned Ready: what benchmarks read at `/debug/sim/stats`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    agents: Mutex<HashMap<String, Arc<AgentStats>>>,
+    /// Unix milliseconds of the last node turning Ready.
+    pub last_node_ready_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Requests and response bytes of one client.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    pub requests: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Stats {
+    /// The counters of the client whose User-Agent is `user_agent`.
+    pub fn agent(&self, user_agent: &str) -> Arc<AgentStats> {
+        let name = user_agent
+            .split('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("unknown");
+        let mut agents = self
+            .agents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(agents.entry(name.to_owned()).or_default())
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let agents = self
+            .agents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        serde_json::json!({
+            "agents": agents.iter().map(|(k, v)| (k.clone(), serde_json::json!({
+                "requests": v.requests.load(Relaxed), "bytes": v.bytes.load(Relaxed)}))).collect::<serde_json::Map<_, _>>(),
+            "last_node_ready_ms": self.last_node_ready_ms.load(Relaxed),
+        })
+    }
+}
+
 /// State shared by the HTTP server and the controllers.
 #[derive(Debug)]
 pub struct Shared {
@@ -198,6 +243,7 @@ pub struct Shared {
     /// `host:port` clients use.
     pub host: String,
     pub runtime: cluster::Runtime,
+    pub stats: Stats,
 }
 
 /// Why the simulator could not start.
@@ -313,6 +359,7 @@ impl Sim {
             tokens: vec![token.clone()],
             logs: Logs::default(),
             runtime: cluster::Runtime::default(),
+            stats: Stats::default(),
             host,
             store,
             cfg,

@@ -305,20 +305,52 @@ pub fn pod_status(pod: &Value, now: i64) -> (String, String, String) {
     (format!("{ready}/{containers}"), reason, restarts)
 }
 
-/// A Table of `objects`; each row carries the object's metadata (as kubectl asks by default).
-pub fn table(res: usize, objects: &[&Value], rv: u64, continue_token: Option<&str>) -> Value {
+/// What each row carries besides its cells (`includeObject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Include {
+    /// Nothing: cells only.
+    None,
+    /// The object's metadata (the default, what kubectl asks).
+    Metadata,
+    /// The whole object.
+    Object,
+}
+
+impl Include {
+    pub fn parse(value: Option<&str>) -> Self {
+        match value {
+            Some("None") => Include::None,
+            Some("Object") => Include::Object,
+            _ => Include::Metadata,
+        }
+    }
+}
+
+/// A Table of `objects`.
+pub fn table(
+    res: usize,
+    objects: &[&Value],
+    rv: u64,
+    continue_token: Option<&str>,
+    include: Include,
+) -> Value {
     let now = meta::now_secs();
     let rows: Vec<Value> = objects
         .iter()
         .map(|obj| {
-            json!({
-                "cells": cells(res, obj, now),
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": obj.get("metadata").cloned().unwrap_or_default(),
-                },
-            })
+            let mut row = json!({"cells": cells(res, obj, now)});
+            match include {
+                Include::None => {}
+                Include::Metadata => {
+                    row["object"] = json!({
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": obj.get("metadata").cloned().unwrap_or_default(),
+                    });
+                }
+                Include::Object => row["object"] = (*obj).clone(),
+            }
+            row
         })
         .collect();
     let mut metadata = json!({"resourceVersion": rv.to_string()});

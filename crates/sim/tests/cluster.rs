@@ -468,3 +468,51 @@ async fn the_kubelet_can_ask_a_real_registry() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_page_of_a_list_reports_the_first_pages_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = common::sim("external", 1, dir.path()).await;
+    let client = client(&sim.kubeconfig).await;
+    namespace(&client, "p").await;
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "p");
+    for i in 0..10 {
+        maps.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": format!("c{i}")}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let first = maps.list(&ListParams::default().limit(4)).await.unwrap();
+    let rv = first.metadata.resource_version.clone().unwrap();
+    // A change while the client pages: the next page still says the first page's version,
+    // so a watch from it replays the change.
+    maps.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "during"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let token = first.metadata.continue_.clone().unwrap();
+    let second = maps
+        .list(&ListParams::default().limit(4).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+    let (backlog, _) = {
+        let start = sim
+            .store()
+            .watch_from(kubemark_sim::meta::idx::CONFIGMAPS, rv.parse().unwrap())
+            .unwrap();
+        (start.backlog, start.rv)
+    };
+    assert!(
+        backlog
+            .iter()
+            .any(|c| c.obj.value["metadata"]["name"] == "during")
+    );
+}

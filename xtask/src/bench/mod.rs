@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: measurements against the baselines each issue names,
 //! taken side by side in one run, printed as figures and ratios.
 
+mod deploy;
 mod image;
 mod sim;
 
@@ -17,6 +18,8 @@ pub struct Args {
 enum What {
     /// The image pipeline: no-op vs full run, clone, build + push.
     Image(image::ImageBench),
+    /// deploy's wait vs upstream's kubectl loop: detection delay, CPU, memory, bytes.
+    Deploy(deploy::DeployBench),
     /// The API simulator at 10,000 nodes and 10,000 pods: memory, latencies, watch throughput.
     Sim(sim::SimBench),
 }
@@ -25,6 +28,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
     match args.what {
         What::Image(bench) => image::run(bench, global),
         What::Sim(bench) => sim::run(bench, global),
+        What::Deploy(bench) => deploy::run(bench, global),
     }
 }
 

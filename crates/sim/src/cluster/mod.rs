@@ -56,8 +56,42 @@ pub fn start(shared: Arc<Shared>) -> Vec<JoinHandle<()>> {
         tokio::spawn(rc::run(Arc::clone(&shared))),
         tokio::spawn(scheduler::run(Arc::clone(&shared))),
         tokio::spawn(kubelet::run(Arc::clone(&shared))),
-        tokio::spawn(lifecycle::run(shared)),
+        tokio::spawn(lifecycle::run(Arc::clone(&shared))),
+        tokio::spawn(stats(shared)),
     ]
+}
+
+/// Record when nodes turn Ready (for benchmarks' detection delays).
+async fn stats(shared: Arc<Shared>) {
+    let ready = |v: &Value| {
+        v.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+    };
+    let mut rx = shared.store.subscribe();
+    loop {
+        match next(&mut rx, None).await {
+            Some(Feed::Change(c))
+                if c.res == idx::NODES
+                    && c.kind != crate::store::ChangeType::Deleted
+                    && ready(&c.obj.value)
+                    && !c.old.as_ref().is_some_and(|o| ready(&o.value)) =>
+            {
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                shared
+                    .stats
+                    .last_node_ready_ms
+                    .store(ms, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(Feed::Closed) | None => return,
+            _ => {}
+        }
+    }
 }
 
 /// Stop every pod task (and the hollow nodes in them).
