@@ -204,46 +204,24 @@ fn clusters(c: &ClusterArgs, file: &DeploySettings) -> Result<Clusters, Failure>
 
 /// `40m` → 40, `0.5` → 500, `1` → 1000.
 fn millicpu(flag: &str, q: &str) -> Result<u64, Failure> {
-    let bad = || {
-        Failure::usage(
+    match kubemark_deploy::plan::quantity(q) {
+        Some(cores) if !q.ends_with('i') => Ok((cores * 1000.0).round() as u64),
+        _ => Err(Failure::usage(
             format!("--{flag} `{q}` is not a CPU quantity"),
             "e.g. 40m, 0.5 or 1",
-        )
-    };
-    let value = match q.strip_suffix('m') {
-        Some(m) => m.parse::<f64>().map_err(|_| bad())?,
-        None => q.parse::<f64>().map_err(|_| bad())? * 1000.0,
-    };
-    if value < 0.0 {
-        return Err(bad());
+        )),
     }
-    Ok(value.round() as u64)
 }
 
 /// `100Mi` → 102400, `50M` → 48829 (Ki, rounded up).
 fn mem_ki(flag: &str, q: &str) -> Result<u64, Failure> {
-    let bad = || {
-        Failure::usage(
+    match kubemark_deploy::plan::quantity(q) {
+        Some(bytes) if !q.ends_with('m') => Ok((bytes / 1024.0).ceil() as u64),
+        _ => Err(Failure::usage(
             format!("--{flag} `{q}` is not a memory quantity"),
             "e.g. 100Mi, 50M or 1Gi",
-        )
-    };
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let bytes = n * match suffix {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024f64.powi(3),
-        _ => return Err(bad()),
-    };
-    Ok((bytes / 1024.0).ceil() as u64)
+        )),
+    }
 }
 
 /// `600`, `90s`, `10m`, `1h`.
@@ -746,6 +724,9 @@ mod tests {
         assert_eq!(mem_ki("x", "100Mi").unwrap(), 102_400);
         assert_eq!(mem_ki("x", "50M").unwrap(), 48_829);
         assert!(mem_ki("x", "5Qi").is_err());
+        assert!(mem_ki("x", "500m").is_err());
+        assert!(millicpu("x", "1Gi").is_err());
+        assert!(millicpu("x", "-1").is_err());
         assert_eq!(duration("t", "10m").unwrap(), Duration::from_secs(600));
         assert_eq!(duration("t", "90").unwrap(), Duration::from_secs(90));
         assert!(duration("t", "soon").is_err());

@@ -229,11 +229,16 @@ pub fn variables(spec: &Spec, master: &PodKubeconfig) -> Result<BTreeMap<String,
     Ok(vars)
 }
 
-fn quantity(q: &Value) -> Option<f64> {
-    let s = q
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| q.as_f64().map(|f| f.to_string()))?;
+fn quantity_value(q: &Value) -> Option<f64> {
+    match q.as_str() {
+        Some(s) => quantity(s),
+        None => q.as_f64(),
+    }
+}
+
+/// A Kubernetes quantity as a number: `500m` → 0.5, `2Gi` → 2147483648, `1.5` → 1.5.
+/// `None` for anything else (negative numbers included: no request or capacity is negative).
+pub fn quantity(s: &str) -> Option<f64> {
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
@@ -259,7 +264,7 @@ fn quantity(q: &Value) -> Option<f64> {
 pub fn pod_requests(pod_spec: &Value) -> (u64, u64) {
     let get = |c: &Value, k: &str| {
         c.pointer(&format!("/resources/requests/{k}"))
-            .and_then(quantity)
+            .and_then(quantity_value)
             .unwrap_or(0.0)
     };
     let list = |field: &str| {

@@ -127,24 +127,9 @@ async fn permissions(
     }
 }
 
+/// An allocatable quantity; one the server sent but we cannot read counts as none.
 fn quantity(q: &str) -> f64 {
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let base: f64 = num.parse().unwrap_or(0.0);
-    base * match suffix {
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        _ => 1.0,
-    }
+    crate::plan::quantity(q).unwrap_or(0.0)
 }
 
 fn tolerated(taint: &Value, tolerations: &[Value]) -> bool {
