@@ -53,7 +53,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
     let keep = args.keep;
     let kubeconfig_dir = private.0.clone();
     let shown = renderer.clone();
-    let result = crate::deploy::with_interrupt(&renderer, |cancel| {
+    let result = crate::deploy::with_interrupt(&renderer, crate::deploy::Threads::All, |cancel| {
         let renderer = shown;
         Box::pin(async move {
             let base = SimConfig {

@@ -420,19 +420,32 @@ fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+/// Where the work runs. The cluster commands are I/O-bound client code: one
+/// thread is enough, and spares the cross-thread wake-ups (a quarter of the
+/// wait's CPU at 5,000 nodes, `cargo xtask bench deploy`). The demo also
+/// serves two simulators in the same process, so it gets every core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    One,
+    All,
+}
+
+fn runtime(threads: Threads) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut builder = match threads {
+        Threads::One => tokio::runtime::Builder::new_current_thread(),
+        Threads::All => tokio::runtime::Builder::new_multi_thread(),
+    };
+    Ok(builder.enable_all().build()?)
 }
 
 /// Run `work`; the first Ctrl-C cancels it (exit 130), a second quits at once.
 pub fn with_interrupt<'a, T>(
     renderer: &Renderer,
+    threads: Threads,
     work: impl FnOnce(Cancel) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>,
 ) -> Result<T, Failure> {
     let cancel = Cancel::new();
-    let rt = runtime()?;
+    let rt = runtime(threads)?;
     let result = rt.block_on(async {
         let watcher = {
             let (cancel, renderer) = (cancel.clone(), renderer.clone());
@@ -469,7 +482,7 @@ fn deploy(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Resu
     let spec = spec(a, matches, global).map_err(|f| f.json(json))?;
     let renderer = Renderer::new(global.verbose);
     let events = renderer.deploy_events();
-    let result = with_interrupt(&renderer, |cancel| {
+    let result = with_interrupt(&renderer, Threads::One, |cancel| {
         Box::pin(async move { kubemark_deploy::deploy(&spec, &events, &cancel).await })
     })?;
     match result {
@@ -535,7 +548,7 @@ fn status(c: &ClusterArgs, global: &Global) -> Result<(), Failure> {
     let json = output(c, file)?;
     let cl = clusters(c, file).map_err(|f| f.json(json))?;
     let renderer = Renderer::new(global.verbose);
-    let result = with_interrupt(&renderer, |_| {
+    let result = with_interrupt(&renderer, Threads::One, |_| {
         Box::pin(async move {
             let (external, master) = kubemark_deploy::connect(&cl.external, &cl.master).await?;
             kubemark_deploy::teardown::status(&external, &master, &cl.namespace).await
@@ -609,7 +622,7 @@ fn destroy(c: &ClusterArgs, timeout: Option<&str>, global: &Global) -> Result<()
         .unwrap_or(Duration::from_secs(600));
     let renderer = Renderer::new(global.verbose);
     let events = renderer.deploy_events();
-    let result = with_interrupt(&renderer, |cancel| {
+    let result = with_interrupt(&renderer, Threads::One, |cancel| {
         Box::pin(async move {
             let (external, master) = kubemark_deploy::connect(&cl.external, &cl.master).await?;
             kubemark_deploy::teardown::destroy(
