@@ -203,11 +203,13 @@ pub async fn run(
         external.client.clone(),
         format!("/api/v1/namespaces/{namespace}/pods"),
         selector.to_owned(),
+        &["Ready", "Status"],
     );
     let mut nodes = tables::watch(
         master.client.clone(),
         "/api/v1/nodes".to_owned(),
         node_selector,
+        &["Status"],
     );
     let mut tally = Tally::default();
     let mut ready_seen: HashMap<String, SystemTime> = HashMap::new();
