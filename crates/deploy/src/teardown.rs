@@ -50,6 +50,39 @@ fn managed_by_us<K: Resource>(obj: &K) -> bool {
         .any(|m| m.manager.as_deref() == Some(FIELD_MANAGER))
 }
 
+/// Delete the objects of `api` that carry our field manager; how many were ours.
+/// A list that fails is an error, not an empty list: destroy never reports done
+/// for what it could not see.
+async fn delete_ours<K>(api: &Api<K>, kind: &str) -> Result<usize>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let all = ListParams::default();
+    let listed = match crate::retry::call(|| api.list(&all)).await {
+        Ok(list) => list.items,
+        // No namespace, nothing in it.
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(0),
+        Err(e) => return Err(Error::api(Side::External, format!("listing {kind}s"))(e)),
+    };
+    let background = DeleteParams::background();
+    let mut ours = 0;
+    for obj in listed.iter().filter(|o| managed_by_us(*o)) {
+        let name = obj.name_any();
+        match crate::retry::call(|| api.delete(&name, &background)).await {
+            // Already gone (another destroy): ours all the same.
+            Ok(_) => ours += 1,
+            Err(kube::Error::Api(s)) if s.code == 404 => ours += 1,
+            Err(e) => {
+                return Err(Error::api(
+                    Side::External,
+                    format!("deleting {kind} {name}"),
+                )(e));
+            }
+        }
+    }
+    Ok(ours)
+}
+
 /// Hollow-node ReplicationControllers: their pods run `--morph=kubelet`.
 fn is_hollow(rc: &ReplicationController) -> bool {
     let containers = rc
@@ -246,42 +279,9 @@ pub async fn destroy(
         done.replication_controllers += 1;
     }
     let secrets: Api<Secret> = Api::namespaced(external.client.clone(), namespace);
+    done.secrets += delete_ours(&secrets, "secret").await?;
     let configmaps: Api<ConfigMap> = Api::namespaced(external.client.clone(), namespace);
-    let all = ListParams::default();
-    for s in crate::retry::call(|| secrets.list(&all))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        if managed_by_us(&s) {
-            let name = s.name_any();
-            ignore_missing(
-                crate::retry::call(|| secrets.delete(&name, &background))
-                    .await
-                    .map(drop),
-                format!("deleting secret {}", s.name_any()),
-                Side::External,
-            )?;
-            done.secrets += 1;
-        }
-    }
-    for c in crate::retry::call(|| configmaps.list(&all))
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        if managed_by_us(&c) {
-            let name = c.name_any();
-            ignore_missing(
-                crate::retry::call(|| configmaps.delete(&name, &background))
-                    .await
-                    .map(drop),
-                format!("deleting configmap {}", c.name_any()),
-                Side::External,
-            )?;
-            done.configmaps += 1;
-        }
-    }
+    done.configmaps += delete_ours(&configmaps, "configmap").await?;
     let ns_api: Api<Namespace> = Api::all(external.client.clone());
     let ours = match crate::retry::call(|| ns_api.get_opt(namespace))
         .await
