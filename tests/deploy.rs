@@ -943,3 +943,35 @@ async fn ctrl_c_mid_wait_leaves_everything_and_a_rerun_finishes() {
     );
     assert_eq!(c.master_nodes(), (5, 5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn destroy_that_cannot_list_what_it_made_fails_without_claiming_success() {
+    let c = Clusters::start(
+        |e| {
+            e.faults.errors = kubemark_sim::Faults::parse_errors("list:secrets:500:1").unwrap();
+        },
+        |_| {},
+    )
+    .await;
+    c.deploy(&["--replicas", "2"]).await.assert_code(0);
+    let run = c.run(&["destroy"], &[]).await;
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("listing secrets"),
+        "the failed step is named: {}",
+        run.stderr
+    );
+    assert!(
+        c.external
+            .store()
+            .get(idx::SECRETS, "kubemark", "kubeconfig")
+            .is_some(),
+        "the secret it could not see is not reported deleted, and is still there"
+    );
+    assert!(
+        !run.stdout.contains("destroyed") && !run.stderr.contains("destroyed"),
+        "no success line: {}{}",
+        run.stdout,
+        run.stderr
+    );
+}
