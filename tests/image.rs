@@ -8,7 +8,7 @@ mod support;
 
 use std::path::Path;
 
-use support::{Env, Fixture, GitDaemon, Registry, docker, sh, sha256_hex};
+use support::{Env, Fixture, GitDaemon, GitHttps, GitSsh, Registry, docker, sh, sha256_hex};
 
 /// One fixture repository served by git daemon.
 struct Upstream {
@@ -255,6 +255,150 @@ fn a_local_path_works_as_the_repository() {
         upstream.fixture.head().unwrap().as_str()
     );
     assert!(docker::exists(&image));
+}
+
+/// `image --no-push` of `url` into `src` as `kubemark-test.local/kubemark:<tag>`.
+fn build_from<'a>(url: &'a str, src: &'a Path, tag: &'a str) -> Vec<&'a str> {
+    vec![
+        "image",
+        "--no-push",
+        "--registry",
+        "kubemark-test.local",
+        "--tag",
+        tag,
+        "--kubernetes-repo",
+        url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ]
+}
+
+#[test]
+fn https_clones_and_updates_with_a_private_ca_and_an_untrusted_certificate_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let repos = dir.path().join("repos");
+    let fixture = Fixture::create(&repos, "kubernetes").unwrap();
+    let server = GitHttps::start(&repos, &dir.path().join("https")).unwrap();
+    let url = server.url("kubernetes");
+    let mut env = Env::new();
+    let src = env.path("k");
+    let tag = format!("h{}", support::free_port());
+    let image = format!("kubemark-test.local/kubemark:{tag}");
+    let _cleanup = docker::Cleanup(vec![image.clone()]);
+    let args = build_from(&url, &src, &tag);
+
+    // The throw-away CA is not trusted: refused, verification stays on, nothing made.
+    let run = env.xtask(&args);
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains(&format!("cannot reach the kubernetes repository {url}"))
+            && run.stderr.contains("certificate"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("SSL_CERT_FILE"),
+        "the hint names the fix: {}",
+        run.stderr
+    );
+    assert!(!src.exists(), "nothing is cloned");
+    assert!(!docker::exists(&image));
+
+    // Trusted through SSL_CERT_FILE: a shallow clone over smart HTTP, then an update.
+    env.set("SSL_CERT_FILE", server.ca.to_str().unwrap());
+    env.xtask(&args).assert_code(0);
+    assert_eq!(env.record()["commit"], fixture.head().unwrap().as_str());
+    assert_eq!(
+        sh("git", &["rev-parse", "--is-shallow-repository"], Some(&src)),
+        "true"
+    );
+    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 1");
+    fixture.set_version("2").unwrap();
+    let next = fixture.commit("version 2").unwrap();
+    env.xtask(&args).assert_code(0);
+    assert_eq!(env.record()["commit"], next.as_str());
+    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), next);
+    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 2");
+}
+
+#[test]
+fn ssh_clones_with_a_key_and_a_known_host_and_refuses_an_unknown_or_changed_host_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let repos = dir.path().join("repos");
+    let fixture = Fixture::create(&repos, "kubernetes").unwrap();
+    let mut env = Env::new();
+    let home = env.path("home");
+    let server = GitSsh::start(&repos, &dir.path().join("ssh"), &home).unwrap();
+    // No ssh agent: the key in ~/.ssh is what authenticates.
+    env.set(
+        "SSH_AUTH_SOCK",
+        dir.path().join("no-agent").to_str().unwrap(),
+    );
+    let url = server.url("kubernetes");
+    let src = env.path("k");
+    let tag = format!("s{}", support::free_port());
+    let image = format!("kubemark-test.local/kubemark:{tag}");
+    let _cleanup = docker::Cleanup(vec![image.clone()]);
+    let args = build_from(&url, &src, &tag);
+    let known_hosts = home.join(".ssh").join("known_hosts");
+
+    // A host not in ~/.ssh/known_hosts: refused, with the command that adds it.
+    let run = env.xtask(&args);
+    run.assert_code(1);
+    assert!(run.stderr.contains("hostkey"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("ssh-keyscan -p {} 127.0.0.1", server.port)),
+        "{}",
+        run.stderr
+    );
+    assert!(!src.exists(), "nothing is cloned");
+
+    // Known: cloned with the key from ~/.ssh.
+    std::fs::write(&known_hosts, &server.known_hosts_line).unwrap();
+    env.xtask(&args).assert_code(0);
+    let first = fixture.head().unwrap();
+    assert_eq!(env.record()["commit"], first.as_str());
+    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 1");
+
+    // The host key changed (or a man in the middle): refused, the checkout untouched.
+    let other = dir.path().join("other_host_key");
+    sh(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            other.to_str().unwrap(),
+        ],
+        None,
+    );
+    let public = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let key: Vec<&str> = public.split_whitespace().take(2).collect();
+    std::fs::write(
+        &known_hosts,
+        format!("[127.0.0.1]:{} {}\n", server.port, key.join(" ")),
+    )
+    .unwrap();
+    fixture.set_version("2").unwrap();
+    fixture.commit("version 2").unwrap();
+    let run = env.xtask(&args);
+    run.assert_code(1);
+    assert!(run.stderr.contains("hostkey"), "{}", run.stderr);
+    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), first);
+    assert_eq!(env.record()["commit"], first.as_str());
+
+    // Without a key the server accepts: said so, with where keys are looked for.
+    std::fs::write(&known_hosts, &server.known_hosts_line).unwrap();
+    std::fs::remove_file(home.join(".ssh").join("id_ed25519")).unwrap();
+    let run = env.xtask(&args);
+    run.assert_code(1);
+    assert!(run.stderr.contains("~/.ssh/id_ed25519"), "{}", run.stderr);
+    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), first);
 }
 
 #[test]

@@ -9,9 +9,17 @@ use crate::Global;
 use crate::config::workspace_root;
 use crate::report::Failure;
 
-/// Debian packages the tests use, by the command that shows each is installed.
+/// Debian packages the tests use, by the command (or, absolute, the file) that
+/// shows each is installed.
 const PACKAGES: &[(&str, &str)] = &[
+    ("git", "git"),
     ("docker-registry", "docker-registry"),
+    // git over https and ssh (crates/testbed: GitHttps, GitSsh).
+    ("openssl", "openssl"),
+    ("/usr/sbin/lighttpd", "lighttpd"),
+    ("/usr/lib/lighttpd/mod_openssl.so", "lighttpd-mod-openssl"),
+    ("/usr/sbin/sshd", "openssh-server"),
+    ("ssh-keygen", "openssh-client"),
     ("htpasswd", "apache2-utils"),
     ("busybox", "busybox-static"),
     ("gcc", "gcc"),
@@ -126,7 +134,13 @@ fn is_root() -> bool {
 fn provision_packages() -> Result<(), Failure> {
     let mut missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(command, _)| !on_path(command))
+        .filter(|(command, _)| {
+            if command.starts_with('/') {
+                !Path::new(command).exists()
+            } else {
+                !on_path(command)
+            }
+        })
         .map(|(_, package)| *package)
         .collect();
     // gcc -static needs the C library's static archive.

@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use clap::ArgMatches;
+use kubemark_image::error::RemoteCause;
 use kubemark_image::{
     Cancel, Credentials, Error, ImageRef, Outcome, Plan, SourceSpec, Spec, Status,
 };
@@ -376,11 +377,28 @@ fn failure(e: Error, spec: &Spec) -> Failure {
              the password on stdin"
                 .into(),
         ),
-        Error::RemoteUnreachable { .. } => Some(
-            "check --kubernetes-repo and the network; for ssh URLs an ssh agent or ~/.ssh key is used, for https \
-             git's credential helpers"
-                .into(),
-        ),
+        Error::RemoteUnreachable { url, cause, .. } => Some(match cause {
+            RemoteCause::UntrustedCertificate => {
+                "the server's TLS certificate does not verify against this system's CAs (verification stays on); if \
+                 a private CA signed it, point SSL_CERT_FILE at a PEM bundle that holds that CA"
+                    .into()
+            }
+            RemoteCause::UnknownHostKey => {
+                let (host, port) = ssh_host(url);
+                format!(
+                    "the ssh host key of {host} is not in ~/.ssh/known_hosts, or differs from it: check the key's \
+                     fingerprint with the server's owner, then add it (`ssh-keyscan -p {port} {host} >> \
+                     ~/.ssh/known_hosts`)"
+                )
+            }
+            RemoteCause::Authentication => {
+                "no credentials were accepted: for ssh, load a key into ssh-agent or put it at ~/.ssh/id_ed25519 \
+                 (or id_ecdsa, id_rsa); for https, configure a git credential helper (`git config --global \
+                 credential.helper store`)"
+                    .into()
+            }
+            RemoteCause::Other => "check --kubernetes-repo and the network".into(),
+        }),
         Error::RefNotFound { similar, .. } => {
             if !similar.is_empty() {
                 details.push(format!("similar names: {}", similar.join(", ")));
@@ -435,5 +453,53 @@ fn failure(e: Error, spec: &Spec) -> Failure {
         hint,
         code,
         json: false,
+    }
+}
+
+/// The host and port of an ssh URL (`ssh://user@host:port/path` or `user@host:path`).
+fn ssh_host(url: &str) -> (String, u16) {
+    let Some(rest) = url.strip_prefix("ssh://") else {
+        let before_path = url.split(':').next().unwrap_or_default();
+        return (
+            before_path
+                .rsplit('@')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            22,
+        );
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let hostport = authority.rsplit('@').next().unwrap_or_default();
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !hostport.ends_with(']') => (h, p.parse().unwrap_or(22)),
+        _ => (hostport, 22),
+    };
+    (
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ssh_host;
+
+    #[test]
+    fn ssh_hosts_and_ports_for_the_known_hosts_hint() {
+        let h = |u: &str| ssh_host(u);
+        assert_eq!(
+            h("ssh://git@example.com:2222/k/k.git"),
+            ("example.com".into(), 2222)
+        );
+        assert_eq!(h("ssh://example.com/k"), ("example.com".into(), 22));
+        assert_eq!(h("ssh://git@[::1]:2200/k"), ("::1".into(), 2200));
+        assert_eq!(h("ssh://[::1]/k"), ("::1".into(), 22));
+        assert_eq!(
+            h("git@github.com:kubernetes/kubernetes.git"),
+            ("github.com".into(), 22)
+        );
     }
 }

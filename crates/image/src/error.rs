@@ -51,7 +51,11 @@ pub enum Error {
     Credentials { registry: String, reason: String },
 
     #[error("cannot reach the kubernetes repository {url}: {reason}")]
-    RemoteUnreachable { url: String, reason: String },
+    RemoteUnreachable {
+        url: String,
+        reason: String,
+        cause: RemoteCause,
+    },
 
     #[error("`{name}` is not a branch, tag or commit of {url}")]
     RefNotFound {
@@ -151,3 +155,28 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a repository could not be reached, for the hint that fixes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteCause {
+    /// The https server's certificate does not verify against the trusted CAs.
+    UntrustedCertificate,
+    /// The ssh server's host key is not in (or does not match) `~/.ssh/known_hosts`.
+    UnknownHostKey,
+    /// No credentials were accepted.
+    Authentication,
+    /// Anything else: name resolution, connection, protocol.
+    Other,
+}
+
+impl RemoteCause {
+    pub fn of(e: &git2::Error) -> Self {
+        match (e.class(), e.code()) {
+            (git2::ErrorClass::Ssh, git2::ErrorCode::Certificate) => Self::UnknownHostKey,
+            (git2::ErrorClass::Ssh, _) if e.message().contains("hostkey") => Self::UnknownHostKey,
+            (_, git2::ErrorCode::Certificate) => Self::UntrustedCertificate,
+            (_, git2::ErrorCode::Auth) => Self::Authentication,
+            _ => Self::Other,
+        }
+    }
+}

@@ -10,7 +10,7 @@ use git2::{
     StatusOptions, build::CheckoutBuilder,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{Error, RemoteCause, Result};
 use crate::event::{Cancel, Event, Events, Say};
 
 /// The ref kept on the checked-out commit, so the next fetch can tell the server
@@ -157,13 +157,18 @@ fn local_changes(repo: &Repository) -> Result<Vec<String>> {
     Ok(changes)
 }
 
+/// An error of the credentials callback that says it is about credentials.
+fn auth_error(message: &str) -> git2::Error {
+    git2::Error::new(git2::ErrorCode::Auth, git2::ErrorClass::Callback, message)
+}
+
 fn callbacks<'a>(events: &'a Events, cancel: &'a Cancel) -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
     let mut attempts = 0u32;
     cb.credentials(move |url, username, allowed| {
         attempts += 1;
         if attempts > 4 {
-            return Err(git2::Error::from_str(
+            return Err(auth_error(
                 "authentication failed (tried the ssh agent, ~/.ssh keys and git's credential helpers)",
             ));
         }
@@ -191,7 +196,10 @@ fn callbacks<'a>(events: &'a Events, cancel: &'a Cancel) -> RemoteCallbacks<'a> 
         if allowed.contains(CredentialType::DEFAULT) {
             return git2::Cred::default();
         }
-        Err(git2::Error::from_str("no usable credentials"))
+        Err(auth_error(
+            "the server asks for credentials and there are none to offer (no ssh agent, no ~/.ssh/id_ed25519, \
+             id_ecdsa or id_rsa, no git credential helper)",
+        ))
     });
     let mut last = Instant::now() - Duration::from_secs(1);
     cb.transfer_progress(move |p| {
@@ -244,6 +252,7 @@ pub fn resolve(
     let unreachable = |e: git2::Error| Error::RemoteUnreachable {
         url: url.to_owned(),
         reason: e.message().to_owned(),
+        cause: RemoteCause::of(&e),
     };
     let mut remote = git2::Remote::create_detached(url).map_err(unreachable)?;
     let connection = remote
@@ -534,6 +543,7 @@ fn fetch(
         return Err(Error::RemoteUnreachable {
             url: spec.url.clone(),
             reason,
+            cause: RemoteCause::of(&e),
         });
     }
     let commit = repo

@@ -1,6 +1,8 @@
 //! Real parts for the end-to-end tests and the benchmarks: Debian's
 //! `docker-registry` on a loopback port (optionally behind htpasswd), `git
-//! daemon`, and generated fixture "kubernetes" repositories (a Makefile that
+//! daemon`, git over https (`lighttpd` running `git http-backend`, with a
+//! certificate from a throw-away CA) and over ssh (`sshd` with generated host
+//! and client keys), and generated fixture "kubernetes" repositories (a Makefile that
 //! honours `WHAT=cmd/kubemark` and builds a static `_output/bin/kubemark`, and
 //! `cluster/images/kubemark/Dockerfile`). `cargo xtask ci` installs what these
 //! need. Test code, not product code: nothing in `crates/image` uses it.
@@ -194,6 +196,213 @@ impl GitDaemon {
     /// `git://127.0.0.1:PORT/<name>`.
     pub fn url(&self, name: &str) -> String {
         format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+fn require_file(path: &str, package: &str) -> io::Result<()> {
+    if Path::new(path).exists() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{path} is missing (Debian package {package}); run `cargo xtask ci --provision-only` first"
+        )))
+    }
+}
+
+/// The git server programs `git http-backend` and `git-upload-pack`.
+fn git_exec_path() -> io::Result<PathBuf> {
+    Ok(PathBuf::from(run("git", &["--exec-path"], None)?))
+}
+
+/// Every repository under a base directory over `https://127.0.0.1:PORT/git/<name>`:
+/// `lighttpd` running `git http-backend` as CGI (git's smart HTTP protocol), with a
+/// server certificate for 127.0.0.1 signed by a CA made for this instance.
+#[derive(Debug)]
+pub struct GitHttps {
+    pub port: u16,
+    /// The CA that signed the server's certificate (PEM), for `SSL_CERT_FILE`.
+    pub ca: PathBuf,
+    _child: Guard,
+}
+
+impl GitHttps {
+    /// Serve `base`; `dir` holds the configuration, keys and logs.
+    pub fn start(base: &Path, dir: &Path) -> io::Result<Self> {
+        require_file("/usr/sbin/lighttpd", "lighttpd")?;
+        require_file("/usr/lib/lighttpd/mod_openssl.so", "lighttpd-mod-openssl")?;
+        require("openssl")?;
+        let backend = git_exec_path()?.join("git-http-backend");
+        std::fs::create_dir_all(dir.join("www"))?;
+        let path = |name: &str| dir.join(name).display().to_string();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let ca_args = [
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=kubemark testbed CA"],
+        ];
+        let mut args: Vec<&str> = ca_args.concat();
+        let (ca_key, ca) = (path("ca.key"), path("ca.pem"));
+        args.extend(["-keyout", &ca_key, "-out", &ca]);
+        run("openssl", &args, None)?;
+        let (key, cert) = (path("server.key"), path("server.pem"));
+        let mut args: Vec<&str> = [
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=127.0.0.1"],
+        ]
+        .concat();
+        args.extend([
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+        ]);
+        run("openssl", &args, None)?;
+        let port = free_port()?;
+        let config = format!(
+            r#"server.document-root = "{www}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.errorlog = "{log}"
+server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_openssl")
+ssl.engine = "enable"
+ssl.pemfile = "{cert}"
+ssl.privkey = "{key}"
+alias.url = ("/git" => "{backend}")
+$HTTP["url"] =~ "^/git" {{
+  cgi.assign = ("" => "")
+  setenv.set-environment = ("GIT_PROJECT_ROOT" => "{base}", "GIT_HTTP_EXPORT_ALL" => "1")
+}}
+"#,
+            www = path("www"),
+            log = path("error.log"),
+            backend = backend.display(),
+            base = base.display(),
+        );
+        let conf = dir.join("lighttpd.conf");
+        std::fs::write(&conf, config)?;
+        let mut child = Command::new("/usr/sbin/lighttpd")
+            .arg("-D")
+            .arg("-f")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        wait_for_port(port, "lighttpd", &mut child)?;
+        Ok(Self {
+            port,
+            ca: PathBuf::from(ca),
+            _child: Guard(child),
+        })
+    }
+
+    /// `https://127.0.0.1:PORT/git/<name>`.
+    pub fn url(&self, name: &str) -> String {
+        format!("https://127.0.0.1:{}/git/{name}", self.port)
+    }
+}
+
+/// Every repository under a base directory over `ssh://USER@127.0.0.1:PORT/<base>/<name>`:
+/// an `sshd` of its own (the current user only, public keys only) with a host key
+/// made for it, and a client key in `<home>/.ssh/id_ed25519` that it accepts.
+#[derive(Debug)]
+pub struct GitSsh {
+    pub port: u16,
+    base: PathBuf,
+    user: String,
+    /// The `known_hosts` line of this server's host key.
+    pub known_hosts_line: String,
+    _child: Guard,
+}
+
+impl GitSsh {
+    /// Serve `base`; `dir` holds the configuration and keys; `home` gets the client key.
+    pub fn start(base: &Path, dir: &Path, home: &Path) -> io::Result<Self> {
+        const SSHD: &str = "/usr/sbin/sshd";
+        require_file(SSHD, "openssh-server")?;
+        require("ssh-keygen")?;
+        let keygen = |file: &Path| {
+            run(
+                "ssh-keygen",
+                &[
+                    "-q",
+                    "-t",
+                    "ed25519",
+                    "-N",
+                    "",
+                    "-C",
+                    "kubemark-testbed",
+                    "-f",
+                    &file.display().to_string(),
+                ],
+                None,
+            )
+        };
+        std::fs::create_dir_all(dir)?;
+        let ssh = home.join(".ssh");
+        std::fs::create_dir_all(&ssh)?;
+        let host_key = dir.join("host_key");
+        keygen(&host_key)?;
+        let client_key = ssh.join("id_ed25519");
+        keygen(&client_key)?;
+        let authorized = dir.join("authorized_keys");
+        std::fs::copy(ssh.join("id_ed25519.pub"), &authorized)?;
+        let user = run("id", &["-un"], None)?;
+        let root = run("id", &["-u"], None)? == "0";
+        if root {
+            // sshd's privilege separation directory (Debian's service creates it at boot).
+            std::fs::create_dir_all("/run/sshd")?;
+        }
+        let port = free_port()?;
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {authorized}\n\
+             PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\nAllowUsers {user}\nStrictModes no\nUsePAM no\nPidFile none\n",
+            host = host_key.display(),
+            authorized = authorized.display(),
+        );
+        let conf = dir.join("sshd_config");
+        std::fs::write(&conf, config)?;
+        let mut child = Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("sshd.log"))?)
+            .spawn()?;
+        wait_for_port(port, "sshd", &mut child)?;
+        let public = std::fs::read_to_string(dir.join("host_key.pub"))?;
+        let key: Vec<&str> = public.split_whitespace().take(2).collect();
+        Ok(Self {
+            port,
+            base: base.to_owned(),
+            user,
+            known_hosts_line: format!("[127.0.0.1]:{port} {}\n", key.join(" ")),
+            _child: Guard(child),
+        })
+    }
+
+    /// `ssh://USER@127.0.0.1:PORT/<base>/<name>`.
+    pub fn url(&self, name: &str) -> String {
+        format!(
+            "ssh://{}@127.0.0.1:{}{}",
+            self.user,
+            self.port,
+            self.base.join(name).display()
+        )
     }
 }
 
