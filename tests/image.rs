@@ -278,7 +278,7 @@ fn https_clones_and_updates_with_a_private_ca_and_an_untrusted_certificate_is_ex
     let dir = tempfile::tempdir().unwrap();
     let repos = dir.path().join("repos");
     let fixture = Fixture::create(&repos, "kubernetes").unwrap();
-    let server = GitHttps::start(&repos, &dir.path().join("https")).unwrap();
+    let server = GitHttps::start(&repos, &dir.path().join("https"), None).unwrap();
     let url = server.url("kubernetes");
     let mut env = Env::new();
     let src = env.path("k");
@@ -320,6 +320,58 @@ fn https_clones_and_updates_with_a_private_ca_and_an_untrusted_certificate_is_ex
     assert_eq!(env.record()["commit"], next.as_str());
     assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), next);
     assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 2");
+}
+
+#[test]
+fn https_credentials_come_from_git_credential_helpers_and_are_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let repos = dir.path().join("repos");
+    let fixture = Fixture::create(&repos, "kubernetes").unwrap();
+    let password = "s3cret-git-pass";
+    let server = GitHttps::start(
+        &repos,
+        &dir.path().join("https"),
+        Some(("builder", password)),
+    )
+    .unwrap();
+    let url = server.url("kubernetes");
+    let mut env = Env::new();
+    env.set("SSL_CERT_FILE", server.ca.to_str().unwrap());
+    let src = env.path("k");
+    let tag = format!("c{}", support::free_port());
+    let image = format!("kubemark-test.local/kubemark:{tag}");
+    let _cleanup = docker::Cleanup(vec![image.clone()]);
+    let args = build_from(&url, &src, &tag);
+
+    // No helper: refused, saying where credentials come from.
+    let run = env.xtask(&args);
+    run.assert_code(1);
+    assert!(run.stderr.contains("credential helper"), "{}", run.stderr);
+    assert!(!src.exists(), "nothing is cloned");
+
+    // git's own `store` helper, configured in ~/.gitconfig as a user would.
+    let home = env.path("home");
+    std::fs::write(home.join(".gitconfig"), "[credential]\n\thelper = store\n").unwrap();
+    std::fs::write(
+        home.join(".git-credentials"),
+        format!("https://builder:{password}@127.0.0.1:{}\n", server.port),
+    )
+    .unwrap();
+    let run = env.xtask(&[&args[..], &["-v"]].concat());
+    run.assert_code(0);
+    assert_eq!(env.record()["commit"], fixture.head().unwrap().as_str());
+    assert!(docker::exists(&image));
+    let labels = docker::labels(&image);
+    for text in [
+        &run.stdout,
+        &run.stderr,
+        &serde_json::to_string(&labels).unwrap(),
+    ] {
+        assert!(
+            !text.contains(password),
+            "the password is never printed or labelled"
+        );
+    }
 }
 
 #[test]

@@ -226,8 +226,9 @@ pub struct GitHttps {
 }
 
 impl GitHttps {
-    /// Serve `base`; `dir` holds the configuration, keys and logs.
-    pub fn start(base: &Path, dir: &Path) -> io::Result<Self> {
+    /// Serve `base`; `dir` holds the configuration, keys and logs. With
+    /// `auth`, every request wants that user and password (Basic, htpasswd).
+    pub fn start(base: &Path, dir: &Path, auth: Option<(&str, &str)>) -> io::Result<Self> {
         require_file("/usr/sbin/lighttpd", "lighttpd")?;
         require_file("/usr/lib/lighttpd/mod_openssl.so", "lighttpd-mod-openssl")?;
         require("openssl")?;
@@ -271,12 +272,27 @@ impl GitHttps {
         ]);
         run("openssl", &args, None)?;
         let port = free_port()?;
+        let protect = match auth {
+            Some((user, password)) => {
+                require("htpasswd")?;
+                let users = path("htpasswd");
+                run("htpasswd", &["-cbm", &users, user, password], None)?;
+                format!(
+                    r#"auth.backend = "htpasswd"
+auth.backend.htpasswd.userfile = "{users}"
+auth.require = ("/git" => ("method" => "basic", "realm" => "git", "require" => "valid-user"))
+"#
+                )
+            }
+            None => String::new(),
+        };
         let config = format!(
             r#"server.document-root = "{www}"
 server.bind = "127.0.0.1"
 server.port = {port}
 server.errorlog = "{log}"
-server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_openssl")
+server.modules = ("mod_auth", "mod_authn_file", "mod_alias", "mod_setenv", "mod_cgi", "mod_openssl")
+{protect}
 ssl.engine = "enable"
 ssl.pemfile = "{cert}"
 ssl.privkey = "{key}"
