@@ -416,26 +416,10 @@ fn ssh_clones_with_a_key_and_a_known_host_and_refuses_an_unknown_or_changed_host
 
     // The host key changed (or a man in the middle): refused, the checkout untouched.
     let other = dir.path().join("other_host_key");
-    sh(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            other.to_str().unwrap(),
-        ],
-        None,
-    );
-    let public = std::fs::read_to_string(other.with_extension("pub")).unwrap();
-    let key: Vec<&str> = public.split_whitespace().take(2).collect();
-    std::fs::write(
-        &known_hosts,
-        format!("[127.0.0.1]:{} {}\n", server.port, key.join(" ")),
-    )
-    .unwrap();
+    kubemark_testbed::ssh_keygen(&other).unwrap();
+    let line =
+        kubemark_testbed::known_hosts_line(server.port, &other.with_extension("pub")).unwrap();
+    std::fs::write(&known_hosts, line).unwrap();
     fixture.set_version("2").unwrap();
     fixture.commit("version 2").unwrap();
     let run = env.xtask(&args);

@@ -331,6 +331,30 @@ $HTTP["url"] =~ "^/git" {{
     }
 }
 
+/// A new ed25519 key pair without a passphrase: `file` and `file.pub`.
+pub fn ssh_keygen(file: &Path) -> io::Result<()> {
+    let file = file.display().to_string();
+    let args = [
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        "kubemark-testbed",
+        "-f",
+        &file,
+    ];
+    run("ssh-keygen", &args, None).map(drop)
+}
+
+/// The `known_hosts` line saying that 127.0.0.1:`port` has the key in `public_key_file`.
+pub fn known_hosts_line(port: u16, public_key_file: &Path) -> io::Result<String> {
+    let public = std::fs::read_to_string(public_key_file)?;
+    let key: Vec<&str> = public.split_whitespace().take(2).collect();
+    Ok(format!("[127.0.0.1]:{port} {}\n", key.join(" ")))
+}
+
 /// Every repository under a base directory over `ssh://USER@127.0.0.1:PORT/<base>/<name>`:
 /// an `sshd` of its own (the current user only, public keys only) with a host key
 /// made for it, and a client key in `<home>/.ssh/id_ed25519` that it accepts.
@@ -350,30 +374,13 @@ impl GitSsh {
         const SSHD: &str = "/usr/sbin/sshd";
         require_file(SSHD, "openssh-server")?;
         require("ssh-keygen")?;
-        let keygen = |file: &Path| {
-            run(
-                "ssh-keygen",
-                &[
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    "kubemark-testbed",
-                    "-f",
-                    &file.display().to_string(),
-                ],
-                None,
-            )
-        };
         std::fs::create_dir_all(dir)?;
         let ssh = home.join(".ssh");
         std::fs::create_dir_all(&ssh)?;
         let host_key = dir.join("host_key");
-        keygen(&host_key)?;
+        ssh_keygen(&host_key)?;
         let client_key = ssh.join("id_ed25519");
-        keygen(&client_key)?;
+        ssh_keygen(&client_key)?;
         let authorized = dir.join("authorized_keys");
         std::fs::copy(ssh.join("id_ed25519.pub"), &authorized)?;
         let user = run("id", &["-un"], None)?;
@@ -400,13 +407,11 @@ impl GitSsh {
             .stderr(std::fs::File::create(dir.join("sshd.log"))?)
             .spawn()?;
         wait_for_port(port, "sshd", &mut child)?;
-        let public = std::fs::read_to_string(dir.join("host_key.pub"))?;
-        let key: Vec<&str> = public.split_whitespace().take(2).collect();
         Ok(Self {
             port,
             base: base.to_owned(),
             user,
-            known_hosts_line: format!("[127.0.0.1]:{port} {}\n", key.join(" ")),
+            known_hosts_line: known_hosts_line(port, &dir.join("host_key.pub"))?,
             _child: Guard(child),
         })
     }
