@@ -8,7 +8,9 @@ mod support;
 
 use std::path::Path;
 
-use support::{Env, Fixture, GitDaemon, GitHttps, GitSsh, Registry, docker, sh, sha256_hex};
+use support::{
+    Env, Fixture, GitDaemon, GitHttps, GitSsh, Registry, SshAgent, docker, sh, sha256_hex,
+};
 
 /// One fixture repository served by git daemon.
 struct Upstream {
@@ -375,7 +377,7 @@ fn https_credentials_come_from_git_credential_helpers_and_are_never_printed() {
 }
 
 #[test]
-fn ssh_clones_with_a_key_and_a_known_host_and_refuses_an_unknown_or_changed_host_key() {
+fn ssh_clones_with_a_key_file_or_an_agent_and_refuses_unknown_or_changed_host_keys() {
     let dir = tempfile::tempdir().unwrap();
     let repos = dir.path().join("repos");
     let fixture = Fixture::create(&repos, "kubernetes").unwrap();
@@ -430,11 +432,22 @@ fn ssh_clones_with_a_key_and_a_known_host_and_refuses_an_unknown_or_changed_host
 
     // Without a key the server accepts: said so, with where keys are looked for.
     std::fs::write(&known_hosts, &server.known_hosts_line).unwrap();
-    std::fs::remove_file(home.join(".ssh").join("id_ed25519")).unwrap();
+    let key = dir.path().join("agent_key");
+    std::fs::rename(home.join(".ssh").join("id_ed25519"), &key).unwrap();
     let run = env.xtask(&args);
     run.assert_code(1);
     assert!(run.stderr.contains("~/.ssh/id_ed25519"), "{}", run.stderr);
     assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), first);
+
+    // The key held by an ssh agent only: the update goes through.
+    let agent = SshAgent::start(&dir.path().join("agent.sock")).unwrap();
+    agent.add(&key).unwrap();
+    env.set("SSH_AUTH_SOCK", agent.socket.to_str().unwrap());
+    env.xtask(&args).assert_code(0);
+    let second = fixture.head().unwrap();
+    assert_ne!(second, first);
+    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), second);
+    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 2");
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use sha2::{Digest, Sha256};
 
 #[allow(unused_imports)]
-pub use kubemark_testbed::{Fixture, GitDaemon, GitHttps, GitSsh};
+pub use kubemark_testbed::{Fixture, GitDaemon, GitHttps, GitSsh, SshAgent};
 
 /// A free loopback port.
 pub fn free_port() -> u16 {

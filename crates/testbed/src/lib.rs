@@ -355,6 +355,59 @@ pub fn known_hosts_line(port: u16, public_key_file: &Path) -> io::Result<String>
     Ok(format!("[127.0.0.1]:{port} {}\n", key.join(" ")))
 }
 
+/// An `ssh-agent` of its own on `socket`, stopped when dropped.
+#[derive(Debug)]
+pub struct SshAgent {
+    pub socket: PathBuf,
+    _child: Guard,
+}
+
+impl SshAgent {
+    pub fn start(socket: &Path) -> io::Result<Self> {
+        require("ssh-agent")?;
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let guard = Guard(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline {
+                return Err(io::Error::other(
+                    "ssh-agent did not create its socket within 10s",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            socket: socket.to_owned(),
+            _child: guard,
+        })
+    }
+
+    /// `ssh-add` the private key in `file`.
+    pub fn add(&self, file: &Path) -> io::Result<()> {
+        let output = Command::new("ssh-add")
+            .arg(file)
+            .env("SSH_AUTH_SOCK", &self.socket)
+            .stdin(Stdio::null())
+            .output()?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "ssh-add {} failed: {}",
+                file.display(),
+                String::from_utf8_lossy(&output.stderr)
+            )))
+        }
+    }
+}
+
 /// Every repository under a base directory over `ssh://USER@127.0.0.1:PORT/<base>/<name>`:
 /// an `sshd` of its own (the current user only, public keys only) with a host key
 /// made for it, and a client key in `<home>/.ssh/id_ed25519` that it accepts.
