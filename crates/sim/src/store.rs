@@ -288,17 +288,23 @@ impl Store {
         }
     }
 
-    fn record(&self, inner: &mut Inner, change: Change) -> Arc<Change> {
+    /// Make `change` the state of `key` (a deletion removes it), then keep it in
+    /// the history and tell the watchers: the one way objects change.
+    fn record(&self, inner: &mut Inner, key: Key, change: Change) {
         let change = Arc::new(change);
         let table = &mut inner.tables[change.res];
+        if change.kind == ChangeType::Deleted {
+            table.objects.remove(&key);
+        } else {
+            table.objects.insert(key, Arc::clone(&change.obj));
+        }
         table.history.push_back(Arc::clone(&change));
         while table.history.len() > self.history {
             if let Some(old) = table.history.pop_front() {
                 table.compacted = old.obj.rv;
             }
         }
-        let _ = self.changes.send(Arc::clone(&change));
-        change
+        let _ = self.changes.send(change);
     }
 
     fn next_rv(inner: &mut Inner) -> u64 {
@@ -386,9 +392,9 @@ impl Store {
         m.insert("generation".into(), json!(1));
         m.remove("deletionTimestamp");
         let obj = Object::new(value, rv);
-        inner.tables[res].objects.insert(key, Arc::clone(&obj));
         self.record(
             &mut inner,
+            key,
             Change {
                 res,
                 kind: ChangeType::Added,
@@ -475,9 +481,9 @@ impl Store {
         let rv = Self::next_rv(&mut inner);
         let obj = Object::new(value, rv);
         if finalized {
-            inner.tables[res].objects.remove(&key);
             self.record(
                 &mut inner,
+                key,
                 Change {
                     res,
                     kind: ChangeType::Deleted,
@@ -486,9 +492,9 @@ impl Store {
                 },
             );
         } else {
-            inner.tables[res].objects.insert(key, Arc::clone(&obj));
             self.record(
                 &mut inner,
+                key,
                 Change {
                     res,
                     kind: ChangeType::Modified,
@@ -543,9 +549,9 @@ impl Store {
                 value["status"] = json!({"phase": "Terminating"});
             }
             let obj = Object::new(value, rv);
-            inner.tables[res].objects.insert(key, Arc::clone(&obj));
             self.record(
                 &mut inner,
+                key,
                 Change {
                     res,
                     kind: ChangeType::Modified,
@@ -555,10 +561,10 @@ impl Store {
             );
             return Ok(obj);
         }
-        inner.tables[res].objects.remove(&key);
         let obj = Object::new(current.value.clone(), rv);
         self.record(
             &mut inner,
+            key,
             Change {
                 res,
                 kind: ChangeType::Deleted,
