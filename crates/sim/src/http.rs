@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::meta::{self, RESOURCES, idx};
-use crate::select::{FieldSelector, LabelSelector};
+use crate::select::{self, FieldSelector, LabelSelector};
 use crate::store::{ApiError, Change, ChangeType, Obj};
 use crate::{Shared, discovery, patch, proto, table, validate};
 
@@ -464,29 +464,16 @@ async fn resource(
                     _ => {
                         let mut v = incoming.clone();
                         if resource.subresources.contains(&"status") {
-                            match old.get("status") {
-                                Some(s) => v["status"] = s.clone(),
-                                None => {
-                                    if let Some(m) = v.as_object_mut() {
-                                        m.remove("status");
-                                    }
-                                }
-                            }
+                            keep_status(&mut v, &old);
                         }
                         v
                     }
                 };
-                validate::defaults_and_checks(res, &mut next, Some(&old))?;
-                let mut managers = patch::Managers::read(&old);
-                managers.record_update(&old, &next, &manager);
-                managers.write(&mut next, &RESOURCES[res].api_version());
+                finish_update(res, &old, &mut next, &manager)?;
                 *current = next;
                 Ok(())
             })?;
-            if t.sub.as_deref() == Some("scale") {
-                return Ok(json_response(200, &scale_of(&updated.value)));
-            }
-            Ok(respond(200, "application/json", updated.json.clone()))
+            Ok(updated_response(t.sub.as_deref(), &updated))
         }
         "patch" => patch_request(shared, r, t, &ns).await,
         "delete" => {
@@ -617,13 +604,6 @@ pub fn delete_with_policy(
 }
 
 fn scale_of(rc: &Value) -> Value {
-    let selector: Vec<String> = rc
-        .pointer("/spec/selector")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-        .collect();
     let m = rc.get("metadata").cloned().unwrap_or_default();
     json!({
         "kind": "Scale",
@@ -638,7 +618,7 @@ fn scale_of(rc: &Value) -> Value {
         "spec": {"replicas": rc.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
         "status": {
             "replicas": rc.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
-            "selector": selector.join(","),
+            "selector": select::rc_selector_text(rc),
         },
     })
 }
@@ -1086,14 +1066,7 @@ async fn patch_request(
         };
         if sub.is_none() && resource.subresources.contains(&"status") {
             // The main resource ignores status changes; /status ignores the rest.
-            match old.get("status") {
-                Some(s) => next["status"] = s.clone(),
-                None => {
-                    if let Some(m) = next.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
+            keep_status(&mut next, &old);
         } else if sub.as_deref() == Some("status") {
             let status = next.get("status").cloned();
             next = old.clone();
@@ -1101,17 +1074,42 @@ async fn patch_request(
                 next["status"] = s;
             }
         }
-        validate::defaults_and_checks(res, &mut next, Some(&old))?;
-        let mut managers = patch::Managers::read(&old);
-        managers.record_update(&old, &next, &manager);
-        managers.write(&mut next, &RESOURCES[res].api_version());
+        finish_update(res, &old, &mut next, &manager)?;
         *current = next;
         Ok(())
     })?;
-    if t.sub.as_deref() == Some("scale") {
-        return Ok(json_response(200, &scale_of(&updated.value)));
+    Ok(updated_response(t.sub.as_deref(), &updated))
+}
+
+/// A write to a resource with a status subresource keeps the stored status
+/// (only `/status` changes it).
+fn keep_status(next: &mut Value, old: &Value) {
+    match old.get("status") {
+        Some(s) => next["status"] = s.clone(),
+        None => {
+            if let Some(m) = next.as_object_mut() {
+                m.remove("status");
+            }
+        }
     }
-    Ok(respond(200, "application/json", updated.json.clone()))
+}
+
+/// Defaults, validation and `managedFields` for an update or a patch of `old` into `next`.
+fn finish_update(res: usize, old: &Value, next: &mut Value, manager: &str) -> Result<(), ApiError> {
+    validate::defaults_and_checks(res, next, Some(old))?;
+    let mut managers = patch::Managers::read(old);
+    managers.record_update(old, next, manager);
+    managers.write(next, &RESOURCES[res].api_version());
+    Ok(())
+}
+
+/// The answer to an update or a patch: the object, or for `/scale` its Scale.
+fn updated_response(sub: Option<&str>, updated: &Obj) -> Response<Body> {
+    if sub == Some("scale") {
+        json_response(200, &scale_of(&updated.value))
+    } else {
+        respond(200, "application/json", updated.json.clone())
+    }
 }
 
 fn run_patch(content_type: &str, target: &mut Value, body: &Value) -> Result<(), ApiError> {

@@ -113,6 +113,18 @@ impl LabelSelector {
     }
 }
 
+/// An RC's `spec.selector` as text (`k=v,k2=v2`): what `kubectl get rc` shows
+/// and a Scale's `status.selector` holds.
+pub fn rc_selector_text(rc: &Value) -> String {
+    rc.pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A parsed field selector over the fields the API supports.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);

@@ -169,13 +169,6 @@ fn cells(res: usize, obj: &Value, now: i64) -> Vec<Value> {
                     .collect::<Vec<_>>()
                     .join(",")
             };
-            let selector: Vec<String> = obj
-                .pointer("/spec/selector")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect();
             vec![
                 name,
                 json!(
@@ -196,7 +189,7 @@ fn cells(res: usize, obj: &Value, now: i64) -> Vec<Value> {
                 json!(age(obj, now)),
                 json!(join("name")),
                 json!(join("image")),
-                json!(selector.join(",")),
+                json!(crate::select::rc_selector_text(obj)),
             ]
         }
         idx::EVENTS => {
