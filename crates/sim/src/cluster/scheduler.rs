@@ -20,27 +20,12 @@ struct Amounts {
     pods: i128,
 }
 
-fn requests(pod: &Value) -> Amounts {
-    let sum = |pointer: &str| -> (i128, i128) {
-        pod.pointer(pointer)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                let r = c.pointer("/resources/requests");
-                let q = |k: &str| {
-                    r.and_then(|r| r.get(k))
-                        .and_then(Value::as_str)
-                        .and_then(quantity_milli)
-                        .unwrap_or(0)
-                };
-                (q("cpu"), q("memory"))
-            })
-            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
-    };
-    let (cpu, memory) = sum("/spec/containers");
-    let init_max = pod
-        .pointer("/spec/initContainers")
+/// The (cpu, memory) requests of each container under `pointer`.
+fn container_requests<'a>(
+    pod: &'a Value,
+    pointer: &str,
+) -> impl Iterator<Item = (i128, i128)> + 'a {
+    pod.pointer(pointer)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -54,6 +39,13 @@ fn requests(pod: &Value) -> Amounts {
             };
             (q("cpu"), q("memory"))
         })
+}
+
+fn requests(pod: &Value) -> Amounts {
+    // Containers run together (their requests add up); init containers one at a time.
+    let (cpu, memory) =
+        container_requests(pod, "/spec/containers").fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+    let init_max = container_requests(pod, "/spec/initContainers")
         .fold((0, 0), |(a, b), (c, d)| (a.max(c), b.max(d)));
     Amounts {
         cpu: cpu.max(init_max.0),
