@@ -271,17 +271,17 @@ pub fn pod_requests(pod_spec: &Value) -> (u64, u64) {
         pod_spec
             .get(field)
             .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
     };
     let (mut cpu, mut mem) = (0.0, 0.0);
     for c in list("containers") {
-        cpu += get(&c, "cpu");
-        mem += get(&c, "memory");
+        cpu += get(c, "cpu");
+        mem += get(c, "memory");
     }
     for c in list("initContainers") {
-        cpu = f64::max(cpu, get(&c, "cpu"));
-        mem = f64::max(mem, get(&c, "memory"));
+        cpu = f64::max(cpu, get(c, "cpu"));
+        mem = f64::max(mem, get(c, "memory"));
     }
     ((cpu * 1000.0).round() as u64, mem.round() as u64)
 }

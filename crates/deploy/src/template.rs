@@ -58,22 +58,17 @@ impl Template {
         let env = environment();
         let compiled = env
             .template_from_str(&self.text)
-            .map_err(|e| Error::Template {
-                name: self.name.clone(),
-                reason: e.to_string(),
-            })?;
-        let globals: BTreeSet<String> = env.globals().map(|(k, _)| k.to_owned()).collect();
-        Ok(compiled
-            .undeclared_variables(false)
-            .into_iter()
-            .filter(|v| !globals.contains(v) || v == "namespace")
-            .collect())
+            .map_err(|e| self.error(e))?;
+        Ok(placeholders(&env, &compiled))
     }
 
     /// Render with `vars`; every placeholder must have a value.
     pub fn render(&self, vars: &BTreeMap<String, String>) -> Result<String> {
-        let missing: Vec<String> = self
-            .placeholders()?
+        let env = environment();
+        let compiled = env
+            .template_from_str(&self.text)
+            .map_err(|e| self.error(e))?;
+        let missing: Vec<String> = placeholders(&env, &compiled)
             .into_iter()
             .filter(|p| !vars.contains_key(p))
             .collect();
@@ -83,18 +78,25 @@ impl Template {
                 missing,
             });
         }
-        let env = environment();
-        let compiled = env
-            .template_from_str(&self.text)
-            .map_err(|e| Error::Template {
-                name: self.name.clone(),
-                reason: e.to_string(),
-            })?;
-        compiled.render(vars).map_err(|e| Error::Template {
+        compiled.render(vars).map_err(|e| self.error(e))
+    }
+
+    fn error(&self, e: minijinja::Error) -> Error {
+        Error::Template {
             name: self.name.clone(),
             reason: e.to_string(),
-        })
+        }
     }
+}
+
+/// The variables `compiled` reads that are not the environment's own (`namespace` counts).
+fn placeholders(env: &minijinja::Environment, compiled: &minijinja::Template) -> BTreeSet<String> {
+    let globals: BTreeSet<&str> = env.globals().map(|(k, _)| k).collect();
+    compiled
+        .undeclared_variables(false)
+        .into_iter()
+        .filter(|v| !globals.contains(v.as_str()) || v == "namespace")
+        .collect()
 }
 
 fn environment() -> minijinja::Environment<'static> {
