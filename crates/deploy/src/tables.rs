@@ -176,25 +176,21 @@ pub fn watch(
                 }
             };
             let mut stream = std::pin::pin!(stream);
-            let mut yielded = false;
             loop {
                 let next = match stream.try_next().now_or_never() {
-                    Some(ready) => {
-                        yielded = false;
-                        ready
-                    }
-                    // What the connection has not read yet may already be in the
-                    // socket: let its task (and the I/O driver) run once, then look again.
-                    None if !yielded => {
-                        yielded = true;
-                        tokio::task::yield_now().await;
-                        continue;
-                    }
+                    Some(ready) => ready,
                     None => {
-                        // Drained: let the next events gather, then wait for them.
-                        yielded = false;
-                        tokio::time::sleep(GATHER).await;
-                        stream.try_next().await
+                        // What the connection has not read yet may already be in the
+                        // socket: let its task (and the I/O driver) run once, then look again.
+                        tokio::task::yield_now().await;
+                        match stream.try_next().now_or_never() {
+                            Some(ready) => ready,
+                            None => {
+                                // Drained: let the next events gather, then wait for them.
+                                tokio::time::sleep(GATHER).await;
+                                stream.try_next().await
+                            }
+                        }
                     }
                 };
                 let event = match next {
