@@ -152,18 +152,22 @@ fn provision_packages() -> Result<(), Failure> {
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing, "the tests need these packages")
+}
+
+/// `apt-get install` as root, with one `apt-get update` and a retry when the
+/// package lists are stale (a new machine has none); a clear error otherwise.
+fn apt_install(packages: &[&str], why: &str) -> Result<(), Failure> {
     if !is_root() || !on_path("apt-get") {
-        return Err(Failure::failed(format!(
-            "the tests need these packages: {}",
-            missing.join(" ")
-        ))
-        .with_hint(format!(
-            "install them (Debian: sudo apt-get install {}) and run again",
-            missing.join(" ")
-        )));
+        return Err(
+            Failure::failed(format!("{why}: {}", packages.join(" "))).with_hint(format!(
+                "install them (Debian: sudo apt-get install {}) and run again",
+                packages.join(" ")
+            )),
+        );
     }
-    eprintln!("==> ci: apt-get install {}", missing.join(" "));
-    let install = |packages: &[&str]| {
+    eprintln!("==> ci: apt-get install {}", packages.join(" "));
+    let install = || {
         let mut args = vec!["install", "-y", "--no-install-recommends"];
         args.extend_from_slice(packages);
         duct::cmd("apt-get", args)
@@ -171,18 +175,17 @@ fn provision_packages() -> Result<(), Failure> {
             .unchecked()
             .run()
     };
-    let first = install(&missing)?;
-    if !first.status.success() {
-        duct::cmd!("apt-get", "update")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .run()?;
-        let second = install(&missing)?;
-        if !second.status.success() {
-            return Err(Failure::failed(format!(
-                "apt-get install {} failed",
-                missing.join(" ")
-            )));
-        }
+    if install()?.status.success() {
+        return Ok(());
+    }
+    duct::cmd!("apt-get", "update")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()?;
+    if !install()?.status.success() {
+        return Err(Failure::failed(format!(
+            "apt-get install {} failed",
+            packages.join(" ")
+        )));
     }
     Ok(())
 }
@@ -210,9 +213,16 @@ fn provision_engine(tools: &Path) -> Result<(), Failure> {
     if engine_answers() {
         return Ok(());
     }
-    if !on_path("dockerd") || !is_root() {
+    if !is_root() {
         return Err(Failure::failed("no Docker engine answers and this user cannot start one")
             .with_hint("start dockerd (or `systemctl start docker`), or set DOCKER_HOST to a running engine"));
+    }
+    if !on_path("dockerd") {
+        // Debian's engine (with containerd and runc); the CLI alone cannot build or push.
+        apt_install(
+            &["docker.io"],
+            "no Docker engine answers and none is installed",
+        )?;
     }
     std::fs::create_dir_all(tools)?;
     let log = tools.join("dockerd.log");
