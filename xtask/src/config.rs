@@ -70,6 +70,7 @@ pub struct DeploySettings {
     pub no_wait: Option<bool>,
     pub allow_loopback_master: Option<bool>,
     pub skip_capacity_check: Option<bool>,
+    pub adopt: Option<bool>,
     pub output: Option<String>,
 }
 
@@ -122,6 +123,27 @@ pub fn explicit(matches: &ArgMatches, id: &str) -> bool {
         matches.try_get_raw(id).ok().and(matches.value_source(id)),
         Some(ValueSource::CommandLine | ValueSource::EnvVariable)
     )
+}
+
+/// How the user gave the value of `id`, for messages: `--max-pods`,
+/// `KUBEMARK_MAX_PODS`, or `max-pods in kubemark.toml` (the file's own name).
+pub fn origin(
+    matches: Option<&ArgMatches>,
+    id: &str,
+    env: &str,
+    file: &Settings,
+    table: &str,
+) -> String {
+    let flag = id.replace('_', "-");
+    let source = matches.and_then(|m| m.try_get_raw(id).ok().and(m.value_source(id)));
+    match source {
+        Some(ValueSource::EnvVariable) => env.to_owned(),
+        Some(ValueSource::CommandLine) => format!("--{flag}"),
+        _ => match &file.path {
+            Some(path) => format!("{flag} under [{table}] in {}", path.display()),
+            None => format!("--{flag}"),
+        },
+    }
 }
 
 /// A switch: the flag or variable when given, else the file, else off.

@@ -40,11 +40,11 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
         .recursive(true)
         .create(&dir)?;
     let private = Private(dir);
-    let image = std::fs::read_to_string(global.state_dir.join("image.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("image")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "staging-k8s.gcr.io/kubemark:latest".into());
+    let image = match crate::deploy::recorded_image(&global.state_dir) {
+        Some(recorded) => recorded?,
+        None => kubemark_deploy::plan::ImageRef::parse(crate::image::DEFAULT_IMAGE)
+            .map_err(|e| Failure::failed(e.to_string()))?,
+    };
     let renderer = Renderer::new(global.verbose);
     let events = renderer.deploy_events();
     // Each worker takes 100 hollow-node pods (60m CPU and ~200Mi each).
@@ -110,6 +110,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
                 // The simulated pods share this host's network, so the master's 127.0.0.1 reaches it.
                 allow_loopback_master: true,
                 skip_capacity_check: false,
+                adopt: false,
             };
             let outcome = kubemark_deploy::deploy(&spec, &events, &cancel)
                 .await
@@ -119,7 +120,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
             let (ext, mas) = kubemark_deploy::connect(&spec.external, &spec.master)
                 .await
                 .map_err(failure)?;
-            let status = kubemark_deploy::teardown::status(&ext, &mas, &spec.namespace)
+            let status = kubemark_deploy::status::status(&ext, &mas, &spec.namespace)
                 .await
                 .map_err(failure)?;
             println!();
@@ -139,7 +140,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
                 return Ok(());
             }
             println!();
-            let destroyed = kubemark_deploy::teardown::destroy(
+            let destroyed = kubemark_deploy::destroy::destroy(
                 &ext,
                 &mas,
                 &spec.namespace,

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ArgMatches;
+use kubemark_deploy::plan::ImageRef;
 use kubemark_deploy::{Cancel, Choice, Error, Resources, Source, Spec};
 
 use crate::Global;
-use crate::config::{DeploySettings, switch};
+use crate::config::{DeploySettings, origin, switch};
 use crate::image::Output;
 use crate::progress::Renderer;
 use crate::report::{self, Failure};
@@ -43,9 +44,14 @@ pub struct ClusterArgs {
 pub struct DeployArgs {
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// How many hollow nodes. Required.
-    #[arg(long, env = "KUBEMARK_REPLICAS")]
-    replicas: Option<u32>,
+    /// How many hollow nodes (0 to 2147483647). Required.
+    #[arg(
+        long,
+        env = "KUBEMARK_REPLICAS",
+        allow_hyphen_values = true,
+        value_name = "N"
+    )]
+    replicas: Option<String>,
     /// The kubemark image [default: --registry/kubemark:--tag, else the last `cargo xtask image`].
     #[arg(long, env = "KUBEMARK_IMAGE", value_name = "REF")]
     image: Option<String>,
@@ -89,8 +95,13 @@ pub struct DeployArgs {
     #[arg(long, env = "KUBEMARK_REGISTER_WITH_TAINTS")]
     register_with_taints: Option<String>,
     /// Pods each hollow node takes [default: 110].
-    #[arg(long, env = "KUBEMARK_MAX_PODS")]
-    max_pods: Option<u32>,
+    #[arg(
+        long,
+        env = "KUBEMARK_MAX_PODS",
+        allow_hyphen_values = true,
+        value_name = "N"
+    )]
+    max_pods: Option<String>,
     /// Extended resources of each hollow node: name=quantity,...
     #[arg(long, env = "KUBEMARK_EXTENDED_RESOURCES")]
     extended_resources: Option<String>,
@@ -106,6 +117,13 @@ pub struct DeployArgs {
     /// Deploy even if the external cluster seems too small.
     #[arg(long, env = "KUBEMARK_SKIP_CAPACITY_CHECK")]
     skip_capacity_check: bool,
+    /// Take over existing objects with the names deploy writes (a Secret `kubeconfig`, ...)
+    /// that deploy did not make: deploy overwrites them and destroy deletes them.
+    #[arg(long, env = "KUBEMARK_ADOPT")]
+    adopt: bool,
+    /// Check both clusters and print the plan; write nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -161,7 +179,12 @@ struct Clusters {
     namespace: String,
 }
 
-fn clusters(c: &ClusterArgs, file: &DeploySettings) -> Result<Clusters, Failure> {
+fn clusters(
+    c: &ClusterArgs,
+    matches: Option<&ArgMatches>,
+    global: &Global,
+) -> Result<Clusters, Failure> {
+    let file = &global.settings.deploy;
     let master = c.master_kubeconfig.clone().or(file.master_kubeconfig.clone()).ok_or_else(|| {
         Failure::usage(
             "no kubeconfig for the kubemark master",
@@ -173,19 +196,21 @@ fn clusters(c: &ClusterArgs, file: &DeploySettings) -> Result<Clusters, Failure>
         .clone()
         .or(file.namespace.clone())
         .unwrap_or_else(|| "kubemark".into());
-    let dns_label = !namespace.is_empty()
-        && namespace.len() <= 63
-        && namespace
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !namespace.starts_with('-')
-        && !namespace.ends_with('-');
-    if !dns_label {
-        return Err(Failure::usage(
-            format!("--namespace `{namespace}` is not a valid namespace name"),
-            "use lowercase letters, digits and '-', at most 63 characters",
-        ));
-    }
+    kubemark_deploy::plan::check_namespace(&namespace).map_err(|e| {
+        Failure::usage(
+            format!(
+                "{}: {e}",
+                origin(
+                    matches,
+                    "namespace",
+                    "KUBEMARK_NAMESPACE",
+                    &global.settings,
+                    "deploy"
+                )
+            ),
+            "e.g. --namespace kubemark (the default)",
+        )
+    })?;
     Ok(Clusters {
         external: Source {
             path: c
@@ -224,11 +249,12 @@ fn mem_ki(flag: &str, q: &str) -> Result<u64, Failure> {
     }
 }
 
-/// `600`, `90s`, `10m`, `1h`.
-pub fn duration(flag: &str, text: &str) -> Result<Duration, Failure> {
+/// `600`, `90s`, `10m`, `1h`; more than zero. `origin` names the input
+/// (`--timeout`, `KUBEMARK_TIMEOUT`, the file).
+pub fn duration(origin: &str, text: &str) -> Result<Duration, Failure> {
     let bad = || {
         Failure::usage(
-            format!("--{flag} `{text}` is not a duration"),
+            format!("{origin} `{text}` is not a duration"),
             "e.g. 600, 90s, 10m or 1h",
         )
     };
@@ -239,10 +265,16 @@ pub fn duration(flag: &str, text: &str) -> Result<Duration, Failure> {
     let n: u64 = num.parse().map_err(|_| bad())?;
     let secs = match unit {
         "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
         _ => return Err(bad()),
     };
+    if secs == 0 {
+        return Err(Failure::usage(
+            format!("{origin} {text}: a timeout of zero would fail before anything could happen"),
+            "give a time to wait, e.g. 90s or 10m",
+        ));
+    }
     Ok(Duration::from_secs(secs))
 }
 
@@ -271,36 +303,116 @@ fn pairs(flag: &str, text: &str) -> Result<Vec<(String, String)>, Failure> {
         .collect()
 }
 
-/// The last image `cargo xtask image` recorded.
-fn recorded_image(state_dir: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(state_dir.join("image.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("image")?.as_str().map(str::to_owned)
+/// The last image `cargo xtask image` recorded (`None`: there is no record).
+pub fn recorded_image(state_dir: &std::path::Path) -> Option<Result<ImageRef, Failure>> {
+    let path = state_dir.join("image.json");
+    let text = std::fs::read_to_string(&path).ok()?;
+    let bad = |why: String| {
+        Failure::usage(
+            format!("the image record {} {why}", path.display()),
+            "pass --image REF, or run `cargo xtask image` again to rewrite it",
+        )
+    };
+    let record: Result<kubemark_image::Record, _> = serde_json::from_str(&text);
+    Some(match record {
+        Ok(r) => ImageRef::parse(&r.image).map_err(|e| bad(format!("names an invalid image: {e}"))),
+        Err(e) => Err(bad(format!("is not an image record: {e}"))),
+    })
 }
+
+/// A whole number from a flag, variable or file, named as the user gave it.
+fn count(text: &str, origin: &str, what: &str, max: u64) -> Result<u64, Failure> {
+    let hint = format!("give a whole number from 0 to {max}");
+    match text.trim().parse::<i128>() {
+        Ok(n) if n < 0 => Err(Failure::usage(
+            format!("{origin} {text}: {what} cannot be negative"),
+            hint,
+        )),
+        Ok(n) if n > i128::from(max) => Err(Failure::usage(
+            format!(
+                "{origin} {text}: more {what} than a ReplicationController can hold (at most {max})"
+            ),
+            hint,
+        )),
+        Ok(n) => Ok(n as u64),
+        Err(_) => Err(Failure::usage(
+            format!("{origin} `{text}` is not a number of {what}"),
+            hint,
+        )),
+    }
+}
+
+/// Placeholders deploy fills from flags: `--set` may not change them.
+const FROM_FLAGS: [(&str, &str); 6] = [
+    ("namespace", "--namespace"),
+    ("numreplicas", "--replicas"),
+    ("kubemark_image", "--image"),
+    ("kubemark_image_registry", "--image (or --registry)"),
+    ("kubemark_image_tag", "--image (or --tag)"),
+    (
+        "hollow_node_labels",
+        "--node-labels (deploy's own label on the hollow nodes is how status and destroy find them)",
+    ),
+];
 
 fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result<Spec, Failure> {
     let file = &global.settings.deploy;
-    let c = clusters(&a.cluster, file)?;
-    let replicas = a.replicas.or(file.replicas).ok_or_else(|| {
-        Failure::usage(
-            "how many hollow nodes? no --replicas given",
-            "pass --replicas N (or set KUBEMARK_REPLICAS, or replicas under [deploy] in kubemark.toml)",
-        )
-    })?;
+    let from = |id: &str, env: &str| origin(matches, id, env, &global.settings, "deploy");
+    let c = clusters(&a.cluster, matches, global)?;
+    let replicas = match (&a.replicas, file.replicas) {
+        (Some(text), _) => count(
+            text,
+            &from("replicas", "KUBEMARK_REPLICAS"),
+            "hollow nodes",
+            u64::from(kubemark_deploy::plan::MAX_REPLICAS),
+        )?,
+        (None, Some(n)) => count(
+            &n.to_string(),
+            &from("replicas", "KUBEMARK_REPLICAS"),
+            "hollow nodes",
+            u64::from(kubemark_deploy::plan::MAX_REPLICAS),
+        )?,
+        (None, None) => {
+            return Err(Failure::usage(
+                "how many hollow nodes? no --replicas given",
+                "pass --replicas N (or set KUBEMARK_REPLICAS, or replicas under [deploy] in kubemark.toml)",
+            ));
+        }
+    } as u32;
+    let max_pods = match (&a.max_pods, file.max_pods) {
+        (Some(text), _) => Some(count(
+            text,
+            &from("max_pods", "KUBEMARK_MAX_PODS"),
+            "pods",
+            1_000_000,
+        )?),
+        (None, n) => n.map(u64::from),
+    }
+    .map(|n| n as u32);
     let image = match (a.image.clone().or(file.image.clone()), &a.registry, &a.tag) {
-        (Some(image), _, _) => image,
-        (None, Some(registry), Some(tag)) => format!("{}/kubemark:{tag}", registry.trim_end_matches('/')),
+        (Some(image), _, _) => ImageRef::parse(&image).map_err(|e| {
+            Failure::usage(
+                format!("{}: {e}", from("image", "KUBEMARK_IMAGE")),
+                "give REGISTRY/kubemark:TAG (or @sha256:DIGEST), e.g. 127.0.0.1:5000/kubemark:v1",
+            )
+        })?,
+        (None, Some(registry), Some(tag)) => ImageRef::kubemark(registry, tag).map_err(|e| {
+            Failure::usage(
+                format!("--registry {registry} --tag {tag}: {e}"),
+                "give --registry HOST[:PORT][/PATH] and a tag, e.g. --registry 127.0.0.1:5000 --tag v1",
+            )
+        })?,
         (None, Some(_), None) | (None, None, Some(_)) => {
             return Err(Failure::usage("--registry and --tag go together", "pass both, or --image REF"));
         }
-        (None, None, None) => recorded_image(&global.state_dir).ok_or_else(|| {
-            Failure::usage(
+        (None, None, None) => recorded_image(&global.state_dir).unwrap_or_else(|| {
+            Err(Failure::usage(
                 "no kubemark image given",
                 format!(
                     "pass --image REF (or --registry and --tag), or build one with `cargo xtask image` (it records {})",
                     global.state_dir.join("image.json").display()
                 ),
-            )
+            ))
         })?,
     };
     let template = match a.template.clone().or(file.template.clone()).as_deref() {
@@ -321,6 +433,9 @@ fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result
                 "e.g. --set init_image=busybox:1.36",
             )
         })?;
+        sets.insert(k.to_owned(), v.to_owned());
+    }
+    for k in sets.keys() {
         let identifier = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !identifier {
@@ -329,7 +444,14 @@ fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result
                 "placeholder names are letters, digits and _",
             ));
         }
-        sets.insert(k.to_owned(), v.to_owned());
+        if let Some((_, flag)) = FROM_FLAGS.iter().find(|(name, _)| name == k) {
+            return Err(Failure::usage(
+                format!(
+                    "--set {k}=...: deploy fills `{k}` itself, so setting it would be ignored or break status and destroy"
+                ),
+                format!("use {flag}"),
+            ));
+        }
     }
     let q = |flag: &str,
              v: &Option<String>,
@@ -386,7 +508,7 @@ fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result
         .timeout
         .clone()
         .or(file.timeout.clone())
-        .map(|t| duration("timeout", &t))
+        .map(|t| duration(&from("timeout", "KUBEMARK_TIMEOUT"), &t))
         .transpose()?;
     let flag = |id: &str, value: bool, file_value: Option<bool>| match matches {
         Some(m) => switch(m, id, value, file_value),
@@ -403,7 +525,7 @@ fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result
         resources,
         node_labels,
         register_with_taints: taints,
-        max_pods: a.max_pods.or(file.max_pods),
+        max_pods,
         extended_resources: extended,
         timeout,
         wait: !flag("no_wait", a.no_wait, file.no_wait),
@@ -417,6 +539,7 @@ fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result
             a.skip_capacity_check,
             file.skip_capacity_check,
         ),
+        adopt: flag("adopt", a.adopt, file.adopt),
     })
 }
 
@@ -472,8 +595,10 @@ pub fn run(args: Args, matches: &ArgMatches, global: &Global) -> Result<(), Fail
     match args.action {
         None => deploy(&args.args, Some(matches), global),
         Some(Action::Render { args, show_secrets }) => render(&args, sub, show_secrets, global),
-        Some(Action::Status(c)) => status(&c, global),
-        Some(Action::Destroy { cluster, timeout }) => destroy(&cluster, timeout.as_deref(), global),
+        Some(Action::Status(c)) => status(&c, sub, global),
+        Some(Action::Destroy { cluster, timeout }) => {
+            destroy(&cluster, timeout.as_deref(), sub, global)
+        }
     }
 }
 
@@ -482,6 +607,14 @@ fn deploy(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Resu
     let spec = spec(a, matches, global).map_err(|f| f.json(json))?;
     let renderer = Renderer::new(global.verbose);
     let events = renderer.deploy_events();
+    if a.dry_run {
+        let result = with_interrupt(&renderer, Threads::One, |_| {
+            Box::pin(async move { kubemark_deploy::check(&spec, &events).await })
+        })?;
+        let checked = result.map_err(|e| failure(e).json(json))?;
+        print_dry_run(&checked, json);
+        return Ok(());
+    }
     let result = with_interrupt(&renderer, Threads::One, |cancel| {
         Box::pin(async move { kubemark_deploy::deploy(&spec, &events, &cancel).await })
     })?;
@@ -492,6 +625,31 @@ fn deploy(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Resu
         }
         Err(e) => Err(failure(e).json(json)),
     }
+}
+
+/// `--dry-run`: what deploy would apply (secrets redacted) and what it found.
+fn print_dry_run(checked: &kubemark_deploy::Checked, json: bool) {
+    let manifests: Vec<String> = checked
+        .plan
+        .manifests()
+        .iter()
+        .map(|m| format!("{} {}", m.kind, m.name))
+        .collect();
+    if json {
+        let out = serde_json::json!({
+            "dry_run": true,
+            "would_apply": manifests,
+            "findings": checked.findings,
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return;
+    }
+    print!("{}", checked.plan.to_yaml(false));
+    println!("---");
+    println!(
+        "# dry run: both clusters checked, nothing written; deploy would apply {}",
+        manifests.join(", ")
+    );
 }
 
 pub fn print_outcome(o: &kubemark_deploy::Outcome, json: bool) {
@@ -543,15 +701,15 @@ fn render(
     Ok(())
 }
 
-fn status(c: &ClusterArgs, global: &Global) -> Result<(), Failure> {
+fn status(c: &ClusterArgs, matches: Option<&ArgMatches>, global: &Global) -> Result<(), Failure> {
     let file = &global.settings.deploy;
     let json = output(c, file)?;
-    let cl = clusters(c, file).map_err(|f| f.json(json))?;
+    let cl = clusters(c, matches, global).map_err(|f| f.json(json))?;
     let renderer = Renderer::new(global.verbose);
     let result = with_interrupt(&renderer, Threads::One, |_| {
         Box::pin(async move {
             let (external, master) = kubemark_deploy::connect(&cl.external, &cl.master).await?;
-            kubemark_deploy::teardown::status(&external, &master, &cl.namespace).await
+            kubemark_deploy::status::status(&external, &master, &cl.namespace).await
         })
     })?;
     let s = result.map_err(|e| failure(e).json(json))?;
@@ -559,7 +717,7 @@ fn status(c: &ClusterArgs, global: &Global) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn print_status(s: &kubemark_deploy::teardown::Status, json: bool, max_rows: usize) {
+pub fn print_status(s: &kubemark_deploy::status::Status, json: bool, max_rows: usize) {
     if json {
         println!("{}", serde_json::to_string_pretty(s).unwrap_or_default());
         return;
@@ -612,12 +770,17 @@ pub fn print_status(s: &kubemark_deploy::teardown::Status, json: bool, max_rows:
     }
 }
 
-fn destroy(c: &ClusterArgs, timeout: Option<&str>, global: &Global) -> Result<(), Failure> {
+fn destroy(
+    c: &ClusterArgs,
+    timeout: Option<&str>,
+    matches: Option<&ArgMatches>,
+    global: &Global,
+) -> Result<(), Failure> {
     let file = &global.settings.deploy;
     let json = output(c, file)?;
-    let cl = clusters(c, file).map_err(|f| f.json(json))?;
+    let cl = clusters(c, matches, global).map_err(|f| f.json(json))?;
     let timeout = timeout
-        .map(|t| duration("timeout", t))
+        .map(|t| duration("--timeout", t))
         .transpose()?
         .unwrap_or(Duration::from_secs(600));
     let renderer = Renderer::new(global.verbose);
@@ -625,7 +788,7 @@ fn destroy(c: &ClusterArgs, timeout: Option<&str>, global: &Global) -> Result<()
     let result = with_interrupt(&renderer, Threads::One, |cancel| {
         Box::pin(async move {
             let (external, master) = kubemark_deploy::connect(&cl.external, &cl.master).await?;
-            kubemark_deploy::teardown::destroy(
+            kubemark_deploy::destroy::destroy(
                 &external,
                 &master,
                 &cl.namespace,
@@ -641,20 +804,26 @@ fn destroy(c: &ClusterArgs, timeout: Option<&str>, global: &Global) -> Result<()
     Ok(())
 }
 
-pub fn print_destroyed(d: &kubemark_deploy::teardown::Destroyed, json: bool) {
+pub fn print_destroyed(d: &kubemark_deploy::destroy::Destroyed, json: bool) {
     if json {
         println!("{}", serde_json::to_string_pretty(d).unwrap_or_default());
-    } else if *d == kubemark_deploy::teardown::Destroyed::default() {
-        println!("nothing to destroy");
-    } else {
+        return;
+    }
+    if d.deleted_anything() {
         println!(
-            "destroyed: {} ReplicationController(s), {} secret(s), {} configmap(s), {} namespace, {} hollow node(s) on the master",
+            "destroyed: {} ReplicationController(s) with {} pod(s), {} secret(s), {} configmap(s), {} namespace, {} hollow node(s) on the master",
             d.replication_controllers,
+            d.pods,
             d.secrets,
             d.configmaps,
             if d.namespace { "the" } else { "no" },
             d.nodes
         );
+    } else {
+        println!("nothing to destroy");
+    }
+    for line in &d.left {
+        println!("  left: {line}");
     }
 }
 
@@ -707,6 +876,12 @@ pub fn failure(e: Error) -> Failure {
             details.extend(d.iter().cloned());
             Some("add nodes to the external cluster, lower --replicas or the requests (--kubelet-cpu, ...), or pass --skip-capacity-check".into())
         }
+        Error::Refused {
+            details: d, hint, ..
+        } => {
+            details.extend(d.iter().cloned());
+            Some(hint.clone())
+        }
         Error::Api { .. } | Error::Io { .. } => None,
         Error::Timeout { diagnosis, .. } => {
             details.extend(diagnosis.iter().cloned());
@@ -740,9 +915,25 @@ mod tests {
         assert!(mem_ki("x", "500m").is_err());
         assert!(millicpu("x", "1Gi").is_err());
         assert!(millicpu("x", "-1").is_err());
-        assert_eq!(duration("t", "10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(duration("t", "90").unwrap(), Duration::from_secs(90));
-        assert!(duration("t", "soon").is_err());
+        assert_eq!(duration("--t", "10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(duration("--t", "90").unwrap(), Duration::from_secs(90));
+        assert!(duration("--t", "soon").is_err());
+        let zero = duration("KUBEMARK_TIMEOUT", "0s").unwrap_err();
+        assert!(
+            zero.message.contains("KUBEMARK_TIMEOUT 0s"),
+            "{}",
+            zero.message
+        );
+        for (text, expect) in [
+            ("-1", "cannot be negative"),
+            ("3000000000", "at most 2147483647"),
+            ("many", "`many` is not a number"),
+        ] {
+            let e = count(text, "KUBEMARK_REPLICAS", "hollow nodes", 2_147_483_647).unwrap_err();
+            assert!(e.message.contains(expect), "{text}: {}", e.message);
+            assert!(e.message.starts_with("KUBEMARK_REPLICAS"), "{}", e.message);
+        }
+        assert_eq!(count("7", "--replicas", "hollow nodes", 10).unwrap(), 7);
         assert_eq!(
             pairs("l", "a=b,c/d=e").unwrap(),
             vec![("a".into(), "b".into()), ("c/d".into(), "e".into())]

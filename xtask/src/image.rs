@@ -17,6 +17,10 @@ use crate::report::{self, Failure};
 
 /// Where kubernetes comes from unless told otherwise.
 pub const UPSTREAM: &str = "https://github.com/kubernetes/kubernetes.git";
+/// Where upstream publishes kubemark images (the frozen `staging-k8s.gcr.io` no longer is).
+pub const DEFAULT_REGISTRY: &str = "registry.k8s.io";
+/// The image the demo names when no `cargo xtask image` ran (the simulated kubelets pull anything).
+pub const DEFAULT_IMAGE: &str = "registry.k8s.io/kubemark:latest";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -178,7 +182,7 @@ fn spec(args: Args, matches: &ArgMatches, global: &Global) -> Result<(Spec, bool
     let no_push = switch(matches, "no_push", args.no_push, file.no_push);
     let registry = match args.registry.or(file.registry) {
         Some(r) => r,
-        None if no_push => "staging-k8s.gcr.io".to_owned(),
+        None if no_push => DEFAULT_REGISTRY.to_owned(),
         None => {
             return Err(Failure::usage(
                 "no registry given to push to",

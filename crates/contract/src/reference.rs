@@ -15,6 +15,10 @@ pub struct ImageRef {
     pub repository: String,
     /// Tag, `latest` when the reference names none.
     pub tag: String,
+    /// Whether the reference named its tag. `r/kubemark@sha256:…` names none and
+    /// is written back as given, not as `r/kubemark:latest@sha256:…`.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tag_given: bool,
     /// Content digest, when the reference pins one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
@@ -26,6 +30,14 @@ pub struct ImageRef {
 pub struct RefError {
     pub input: String,
     pub reason: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn err(input: &str, reason: impl Into<String>) -> RefError {
@@ -57,8 +69,25 @@ impl ImageRef {
         if input.is_empty() {
             return Err(err(input, "it is empty"));
         }
-        if input.len() > 512 || input.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(err(input, "it contains whitespace or is too long"));
+        if let Some((scheme, rest)) = input.split_once("://") {
+            return Err(err(
+                input,
+                format!(
+                    "it is a URL: an image reference has no scheme (`{scheme}://`); write `{rest}` (registries on this machine are reached over plain HTTP without saying so)"
+                ),
+            ));
+        }
+        if let Some(c) = input.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(err(
+                input,
+                format!("it contains {c:?}; a reference has no spaces"),
+            ));
+        }
+        if input.len() > 512 {
+            return Err(err(
+                input,
+                format!("it is {} characters long (at most 512)", input.len()),
+            ));
         }
         let (rest, digest) = match input.split_once('@') {
             Some((rest, digest)) => {
@@ -98,6 +127,7 @@ impl ImageRef {
             registry,
             repository: path,
             tag: tag.unwrap_or("latest").to_owned(),
+            tag_given: tag.is_some(),
             digest,
         })
     }
@@ -125,15 +155,15 @@ impl ImageRef {
         }
     }
 
-    /// Whether the registry host is a loopback address.
+    /// The address of this machine the registry host stands for, if it does
+    /// (`localhost`, `LOCALHOST`, `127.1`, `[::1]`, a name resolving to loopback).
+    pub fn local_registry(&self) -> Option<crate::Local> {
+        crate::local_address(host_without_port(&self.registry))
+    }
+
+    /// Whether the registry host is this machine.
     pub fn is_loopback_registry(&self) -> bool {
-        let host = host_without_port(&self.registry);
-        host == "localhost"
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
+        self.local_registry().is_some()
     }
 
     /// The same reference pinned to `digest`.
@@ -147,7 +177,10 @@ impl ImageRef {
 
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}:{}", self.registry, self.repository, self.tag)?;
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if self.tag_given || self.digest.is_none() {
+            write!(f, ":{}", self.tag)?;
+        }
         if let Some(digest) = &self.digest {
             write!(f, "@{digest}")?;
         }
@@ -156,7 +189,7 @@ impl fmt::Display for ImageRef {
 }
 
 /// The host part of `host[:port]`, keeping IPv6 brackets.
-pub(crate) fn host_without_port(registry: &str) -> &str {
+pub fn host_without_port(registry: &str) -> &str {
     if registry.starts_with('[') {
         return registry.split_once(']').map_or(registry, |(h, _)| h);
     }
@@ -239,7 +272,7 @@ fn check_path_component(component: &str) -> Result<(), String> {
 }
 
 /// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-pub(crate) fn check_tag(tag: &str) -> Result<(), String> {
+pub fn check_tag(tag: &str) -> Result<(), String> {
     const RULE: &str =
         "a tag is 1-128 letters, digits, `_`, `.` or `-`, and does not start with `.` or `-`";
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
@@ -343,6 +376,26 @@ mod tests {
     }
 
     #[test]
+    fn bad_references_say_why() {
+        for (input, why) in [
+            ("Reg Istry/UP/kubemark:v1", "contains ' '"),
+            ("http://r.io/kubemark:v1", "it is a URL"),
+            ("r.io:99999/kubemark:v1", "port `99999`"),
+            ("r.io/kubemark:-bad", "the tag `-bad` starts with `-`"),
+            (
+                "r.io/UP/kubemark:v1",
+                "`UP` must start and end with a lowercase letter",
+            ),
+        ] {
+            let e = ImageRef::parse(input).unwrap_err();
+            assert!(e.to_string().contains(why), "{input:?}: {e}");
+        }
+        let long = format!("r.io/kubemark:{}", "a".repeat(200));
+        let e = ImageRef::parse(&long).unwrap_err();
+        assert!(e.to_string().contains("200 characters long"), "{e}");
+    }
+
+    #[test]
     fn parse_full_references() {
         let r = ImageRef::parse("busybox").unwrap();
         assert_eq!(
@@ -358,6 +411,16 @@ mod tests {
         assert_eq!(r.digest.as_deref(), Some(digest.as_str()));
         assert_eq!(r.to_string(), format!("r.io/x:t@{digest}"));
         assert!(ImageRef::parse("r.io/x@sha256:abc").is_err());
+        // A digest without a tag stays without one.
+        let r = ImageRef::parse(&format!("r.io/kubemark@{digest}")).unwrap();
+        assert_eq!(r.to_string(), format!("r.io/kubemark@{digest}"));
+        assert_eq!(r.tag, "latest");
+        // Records written before `tag_given` existed named their tag.
+        let old: ImageRef =
+            serde_json::from_str(r#"{"registry":"r.io","repository":"kubemark","tag":"v1"}"#)
+                .unwrap();
+        assert!(old.tag_given);
+        assert_eq!(old.to_string(), "r.io/kubemark:v1");
         assert!(ImageRef::parse("").is_err());
     }
 }

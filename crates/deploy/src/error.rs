@@ -62,6 +62,15 @@ pub enum Error {
     #[error("the {side} does not allow what deploy needs: {}", denied.join(", "))]
     Forbidden { side: Side, denied: Vec<String> },
 
+    /// The world is not as deploy may touch it; `hint` says what to change.
+    #[error("{what}")]
+    Refused {
+        what: String,
+        /// One line per object or cause.
+        details: Vec<String>,
+        hint: String,
+    },
+
     #[error("the external cluster has room for {fits} hollow-node pod(s), {needed} needed")]
     Capacity {
         needed: u64,

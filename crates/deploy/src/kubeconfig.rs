@@ -3,7 +3,6 @@
 //! one context, every referenced file inlined, and what a pod cannot use
 //! refused with the reason.
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -153,12 +152,6 @@ fn host_of(server: &str) -> String {
     authority.split(':').next().unwrap_or(authority).to_owned()
 }
 
-fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host.ends_with(".localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// Keep only the chosen context, inline every file, refuse plugins and (unless
 /// allowed) a loopback server: what the hollow nodes will read from their secret.
 pub fn for_pods(source: &Source, allow_loopback: bool) -> Result<PodKubeconfig> {
@@ -235,11 +228,12 @@ pub fn for_pods(source: &Source, allow_loopback: bool) -> Result<PodKubeconfig> 
         .map(str::to_owned)
         .ok_or_else(|| read_err(format!("cluster `{cluster_name}` has no server")))?;
     let host = host_of(&server);
-    let loopback = is_loopback(&host);
-    if loopback && !allow_loopback {
+    let local = kubemark_contract::local_address(&host);
+    let loopback = local.is_some();
+    if let Some(local) = local.filter(|_| !allow_loopback) {
         return Err(refuse(
             format!(
-                "its server {server} is a loopback address: inside each hollow-node pod that is the pod itself"
+                "its server {server} is this machine: {local}, which inside each hollow-node pod is the pod itself"
             ),
             "give the master's address as the external cluster's pods reach it, or pass --allow-loopback-master when the pods share the host's network (as in the demo)",
         ));
@@ -402,7 +396,7 @@ mod tests {
     #[test]
     fn hosts() {
         assert_eq!(host_of("https://user@[::1]:6443/x"), "::1");
-        assert!(is_loopback("::1") && is_loopback("127.0.0.2") && is_loopback("localhost"));
-        assert!(!is_loopback("10.0.0.1"));
+        assert_eq!(host_of("https://LOCALHOST.:6443"), "LOCALHOST.");
+        assert_eq!(host_of("https://2130706433"), "2130706433");
     }
 }

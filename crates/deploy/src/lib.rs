@@ -9,6 +9,7 @@
 //! or git2: the only thing it shares with the image side is the image reference.
 
 pub mod apply;
+pub mod destroy;
 pub mod diagnose;
 pub mod error;
 pub mod event;
@@ -16,8 +17,8 @@ pub mod kubeconfig;
 pub mod plan;
 pub mod preflight;
 mod retry;
+pub mod status;
 pub mod tables;
-pub mod teardown;
 pub mod template;
 pub mod wait;
 
@@ -55,8 +56,18 @@ pub async fn connect(spec_external: &Source, spec_master: &Source) -> Result<(Cl
     Ok((external, master))
 }
 
-/// Render, check, apply, and (unless `spec.wait` is false) wait.
-pub async fn deploy(spec: &Spec, events: &Events, cancel: &Cancel) -> Result<Outcome> {
+/// The plan, checked against both clusters; nothing written yet.
+#[derive(Debug)]
+pub struct Checked {
+    pub plan: Plan,
+    pub findings: preflight::Findings,
+    pub external: Cluster,
+    pub master: Cluster,
+}
+
+/// Render and run every preflight check against both clusters; write nothing.
+/// `deploy --dry-run` stops here.
+pub async fn check(spec: &Spec, events: &Events) -> Result<Checked> {
     events.stage(
         "preflight",
         "rendering the manifests and checking both clusters",
@@ -73,6 +84,22 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &Cancel) -> Result<Out
     }
     let (external, master) = connect(&spec.external, &spec.master).await?;
     let findings = preflight::run(spec, &plan, &external, &master, events).await?;
+    Ok(Checked {
+        plan,
+        findings,
+        external,
+        master,
+    })
+}
+
+/// Render, check, apply, and (unless `spec.wait` is false) wait.
+pub async fn deploy(spec: &Spec, events: &Events, cancel: &Cancel) -> Result<Outcome> {
+    let Checked {
+        plan,
+        findings,
+        external,
+        master,
+    } = check(spec, events).await?;
     if cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
@@ -113,7 +140,7 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &Cancel) -> Result<Out
     Ok(Outcome {
         namespace: spec.namespace.clone(),
         replicas: spec.replicas,
-        image: spec.image.clone(),
+        image: spec.image.to_string(),
         template: plan.template_name,
         findings,
         summary,

@@ -12,11 +12,43 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::kubeconfig::{PodKubeconfig, Source};
 use crate::template::{Choice, Template};
+pub use kubemark_contract::ImageRef;
 
 /// The label every hollow node we register carries; its value is the namespace.
 pub const NODE_LABEL: &str = "kubemark.dev/hollow-node";
-/// The label on a namespace deploy created (destroy deletes only those).
+/// The label on a namespace deploy created (for people and selectors).
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kubemark-deploy");
+/// The annotation deploy writes in the request that creates a namespace, and
+/// never on one that existed: a namespace is deploy's (and destroy may delete
+/// it) only when it carries this. The label above alone proves nothing (earlier
+/// versions put it on namespaces they found).
+pub const CREATED_BY: (&str, &str) = ("kubemark.dev/created-by", "kubemark-deploy");
+/// Namespaces the cluster itself uses: never a target.
+pub const RESERVED_NAMESPACES: [&str; 4] =
+    ["kube-system", "kube-public", "kube-node-lease", "default"];
+
+/// A namespace deploy may work in: a DNS label, and not one the cluster uses.
+pub fn check_namespace(namespace: &str) -> Result<()> {
+    let dns_label = !namespace.is_empty()
+        && namespace.len() <= 63
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !namespace.starts_with('-')
+        && !namespace.ends_with('-');
+    if !dns_label {
+        return Err(Error::Usage(format!(
+            "`{namespace}` is not a valid namespace name: lowercase letters, digits and '-', at most 63 characters, starting and ending with a letter or digit"
+        )));
+    }
+    if RESERVED_NAMESPACES.contains(&namespace) {
+        return Err(Error::Usage(format!(
+            "`{namespace}` is one of the cluster's own namespaces ({}): hollow nodes go into a namespace of their own, which destroy can delete",
+            RESERVED_NAMESPACES.join(", ")
+        )));
+    }
+    Ok(())
+}
 /// The keys upstream fills with the master's kubeconfig.
 pub const SECRET_KEYS: [&str; 6] = [
     "kubelet.kubeconfig",
@@ -47,8 +79,8 @@ pub struct Spec {
     pub master: Source,
     pub namespace: String,
     pub replicas: u32,
-    /// `registry/kubemark:tag` (possibly `@sha256:`).
-    pub image: String,
+    /// `registry/kubemark:tag` (possibly `@sha256:`), checked by the one grammar.
+    pub image: ImageRef,
     pub template: Choice,
     /// `--set key=value`, applied last.
     pub sets: BTreeMap<String, String>,
@@ -62,6 +94,8 @@ pub struct Spec {
     pub wait: bool,
     pub allow_loopback_master: bool,
     pub skip_capacity_check: bool,
+    /// Take over objects with the plan's names that deploy did not make.
+    pub adopt: bool,
 }
 
 impl Spec {
@@ -132,31 +166,26 @@ impl Plan {
     }
 }
 
-/// Split `registry/path/kubemark:tag[@digest]` into (registry/path, tag[@digest]).
-pub fn split_image(image: &str) -> Result<(String, String)> {
-    let (name, digest) = match image.split_once('@') {
-        Some((n, d)) => (n, Some(d)),
-        None => (image, None),
+/// The template's `kubemark_image_registry` and `kubemark_image_tag` for
+/// `registry/path/kubemark:tag[@digest]`: (`registry/path`, `tag[@digest]`).
+/// A reference pinned by digest alone has the tag `latest` here, and
+/// [`build`] writes the reference back as given wherever that composes.
+pub fn split_image(image: &ImageRef) -> Result<(String, String)> {
+    let prefix = match image.repository.rsplit_once('/') {
+        Some((path, "kubemark")) => format!("{}/{path}", image.registry),
+        None if image.repository == "kubemark" => image.registry.clone(),
+        _ => {
+            return Err(Error::Usage(format!(
+                "the image `{image}` is in the repository `{}`, not `kubemark`: the templates name the image REGISTRY/kubemark:TAG",
+                image.repository
+            )));
+        }
     };
-    let (path, tag) = match name.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
-        Some((p, t)) => (p, t.to_owned()),
-        None => (name, "latest".to_owned()),
+    let tag = match (&image.digest, image.tag_given) {
+        (Some(d), true) => format!("{}@{d}", image.tag),
+        _ => image.tag.clone(),
     };
-    let (registry, repository) = path.rsplit_once('/').ok_or_else(|| {
-        Error::Usage(format!(
-            "the image `{image}` names no registry: give registry/kubemark:tag"
-        ))
-    })?;
-    if repository != "kubemark" {
-        return Err(Error::Usage(format!(
-            "the image `{image}` is not a `kubemark` repository: the templates name the image REGISTRY/kubemark:TAG"
-        )));
-    }
-    let tag = match digest {
-        Some(d) => format!("{tag}@{d}"),
-        None => tag,
-    };
-    Ok((registry.to_owned(), tag))
+    Ok((prefix, tag))
 }
 
 fn quote_arg(arg: &str) -> Result<String> {
@@ -190,7 +219,7 @@ pub fn variables(spec: &Spec, master: &PodKubeconfig) -> Result<BTreeMap<String,
     let mut vars: BTreeMap<String, String> = [
         ("numreplicas", spec.replicas.to_string()),
         ("namespace", spec.namespace.clone()),
-        ("kubemark_image", spec.image.clone()),
+        ("kubemark_image", spec.image.to_string()),
         ("kubemark_image_registry", registry),
         ("kubemark_image_tag", tag),
         ("init_image", "busybox:1.32".to_owned()),
@@ -286,8 +315,42 @@ pub fn pod_requests(pod_spec: &Value) -> (u64, u64) {
     ((cpu * 1000.0).round() as u64, mem.round() as u64)
 }
 
+/// The most a ReplicationController holds: `spec.replicas` is a 32-bit integer.
+pub const MAX_REPLICAS: u32 = i32::MAX as u32;
+
+/// Containers whose image the template composed as `REGISTRY/kubemark:TAG`
+/// get the reference exactly as given (a digest-only reference has no tag).
+fn keep_image_as_given(rc: &mut Value, image: &ImageRef, vars: &BTreeMap<String, String>) {
+    let (Some(registry), Some(tag)) = (
+        vars.get("kubemark_image_registry"),
+        vars.get("kubemark_image_tag"),
+    ) else {
+        return;
+    };
+    let composed = format!("{registry}/kubemark:{tag}");
+    let given = image.to_string();
+    for list in ["containers", "initContainers"] {
+        let Some(Value::Array(containers)) = rc.pointer_mut(&format!("/spec/template/spec/{list}"))
+        else {
+            continue;
+        };
+        for c in containers {
+            if c.get("image").and_then(Value::as_str) == Some(composed.as_str()) {
+                c["image"] = json!(given);
+            }
+        }
+    }
+}
+
 /// Render the template and build every object; nothing touches a cluster.
 pub fn build(spec: &Spec, master: &PodKubeconfig) -> Result<Plan> {
+    check_namespace(&spec.namespace)?;
+    if spec.replicas > MAX_REPLICAS {
+        return Err(Error::Usage(format!(
+            "{} hollow nodes are more than a ReplicationController can hold (spec.replicas is a 32-bit integer, at most {MAX_REPLICAS})",
+            spec.replicas
+        )));
+    }
     let template = Template::load(&spec.template)?;
     let vars = variables(spec, master)?;
     let rendered = template.render(&vars)?;
@@ -324,6 +387,7 @@ pub fn build(spec: &Spec, master: &PodKubeconfig) -> Result<Plan> {
     }
     rc["metadata"]["namespace"] = json!(spec.namespace);
     rc["spec"]["replicas"] = json!(spec.replicas);
+    keep_image_as_given(&mut rc, &spec.image, &vars);
     let typed: ReplicationController =
         serde_json::from_value(rc.clone()).map_err(|e| bad(e.to_string()))?;
     let selector: Vec<String> = typed
@@ -399,7 +463,11 @@ pub fn build(spec: &Spec, master: &PodKubeconfig) -> Result<Plan> {
         value: json!({
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": {"name": spec.namespace, "labels": {MANAGED_BY.0: MANAGED_BY.1}},
+            "metadata": {
+                "name": spec.namespace,
+                "labels": {MANAGED_BY.0: MANAGED_BY.1},
+                "annotations": {CREATED_BY.0: CREATED_BY.1},
+            },
         }),
     };
     Ok(Plan {
@@ -424,18 +492,21 @@ mod tests {
 
     #[test]
     fn images_split_into_registry_and_tag() {
+        let split = |text: &str| split_image(&ImageRef::parse(text).unwrap());
         assert_eq!(
-            split_image("127.0.0.1:5000/kubemark:v1").unwrap(),
+            split("127.0.0.1:5000/kubemark:v1").unwrap(),
             ("127.0.0.1:5000".into(), "v1".into())
         );
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(
-            split_image(&format!("gcr.io/p/kubemark:v1@{d}")).unwrap(),
+            split(&format!("gcr.io/p/kubemark:v1@{d}")).unwrap(),
             ("gcr.io/p".into(), format!("v1@{d}"))
         );
-        assert_eq!(split_image("r.io/kubemark").unwrap().1, "latest");
-        assert!(split_image("r.io/other:v1").is_err());
-        assert!(split_image("kubemark:v1").is_err());
+        assert_eq!(split(&format!("r.io/kubemark@{d}")).unwrap().1, "latest");
+        assert_eq!(split("r.io/kubemark").unwrap().1, "latest");
+        assert_eq!(split("me/kubemark:v1").unwrap().0, "docker.io/me");
+        assert!(split("r.io/other:v1").is_err());
+        assert!(split("r.io/kubemark-x:v1").is_err());
     }
 
     #[test]

@@ -3,14 +3,16 @@
 //! (SelfSubjectAccessReview), and the external cluster has room for the pods.
 
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ReplicationController, Secret};
 use kube::api::{Api, ListParams, PostParams};
+use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::apply::{created_by_us, managed_by_us, managers};
 use crate::error::{Error, Result, Side};
 use crate::event::{Events, Say};
 use crate::kubeconfig::Cluster;
-use crate::plan::{Plan, Spec};
+use crate::plan::{Manifest, Plan, Spec};
 
 /// What the preflight learned.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -40,13 +42,7 @@ pub async fn version(cluster: &Cluster) -> Result<String> {
 }
 
 /// Warn when the kubemark image's version and the master's do not go together.
-fn skew(image: &str, master: &str, events: &Events) {
-    let tag = image
-        .split('@')
-        .next()
-        .unwrap_or(image)
-        .rsplit_once(':')
-        .map_or("", |(_, t)| t);
+fn skew(tag: &str, master: &str, events: &Events) {
     let (Some(kubelet), Some(api)) = (minor_version(tag), minor_version(master)) else {
         return;
     };
@@ -88,7 +84,7 @@ async fn may(
     }
 }
 
-async fn permissions(
+pub(crate) async fn permissions(
     cluster: &Cluster,
     checks: &[(&str, &str, &str, &str, Option<&str>)],
     events: &Events,
@@ -125,6 +121,88 @@ async fn permissions(
             denied,
         })
     }
+}
+
+/// The object of `m`'s kind and name, if one exists that deploy did not write:
+/// `Kind namespace/name (managed by ...)`.
+async fn not_ours<K>(api: Api<K>, m: &Manifest) -> Result<Option<String>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let found = crate::retry::call(|| api.get_opt(&m.name))
+        .await
+        .map_err(Error::api(
+            Side::External,
+            format!("reading {} {}", m.kind, m.name),
+        ))?;
+    Ok(found.filter(|o| !managed_by_us(o)).map(|o| {
+        format!(
+            "{} {}/{} ({})",
+            m.kind,
+            o.namespace().unwrap_or_default(),
+            o.name_any(),
+            managers(&o)
+        )
+    }))
+}
+
+/// The namespace: not on its way out; and no object with the plan's names
+/// that deploy did not make, unless `--adopt` says to take it over.
+async fn ownership(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events) -> Result<()> {
+    let ns_api: Api<Namespace> = Api::all(external.client.clone());
+    let ns = crate::retry::call(|| ns_api.get_opt(&spec.namespace))
+        .await
+        .map_err(Error::api(Side::External, "reading the namespace"))?;
+    match &ns {
+        Some(ns) if ns.meta().deletion_timestamp.is_some() => {
+            return Err(Error::Refused {
+                what: format!("namespace {} is being deleted", spec.namespace),
+                details: Vec::new(),
+                hint: format!(
+                    "wait until it is gone (`kubectl get namespace {}`), then deploy again; or choose another --namespace",
+                    spec.namespace
+                ),
+            });
+        }
+        Some(ns) if !created_by_us(ns) => events.note(format!(
+            "namespace {} exists and deploy did not create it: deploy works in it but does not take it over, and destroy will not delete it",
+            spec.namespace
+        )),
+        _ => {}
+    }
+    if ns.is_none() {
+        return Ok(());
+    }
+    let (client, ns) = (&external.client, spec.namespace.as_str());
+    let mut foreign = Vec::new();
+    for m in &plan.configmaps {
+        foreign.extend(not_ours(Api::<ConfigMap>::namespaced(client.clone(), ns), m).await?);
+    }
+    for m in &plan.secrets {
+        foreign.extend(not_ours(Api::<Secret>::namespaced(client.clone(), ns), m).await?);
+    }
+    let rcs = Api::<ReplicationController>::namespaced(client.clone(), ns);
+    foreign.extend(not_ours(rcs, &plan.rc).await?);
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    if spec.adopt {
+        for f in &foreign {
+            events.warn(format!(
+                "taking over {f} (--adopt): deploy overwrites it, and destroy will delete it"
+            ));
+        }
+        return Ok(());
+    }
+    Err(Error::Refused {
+        what: format!(
+            "{} object(s) deploy would write already exist in namespace {} and are not deploy's",
+            foreign.len(),
+            spec.namespace
+        ),
+        details: foreign,
+        hint: "nothing was changed. Deploy into another --namespace, or move those objects away, or pass --adopt to take them over (deploy then overwrites them and destroy deletes them)".into(),
+    })
 }
 
 /// An allocatable quantity; one the server sent but we cannot read counts as none.
@@ -295,7 +373,7 @@ pub async fn run(
             ));
         }
     }
-    skew(&spec.image, &master_version, events);
+    skew(&spec.image.tag, &master_version, events);
     let ns = Some(spec.namespace.as_str());
     permissions(
         external,
@@ -321,6 +399,7 @@ pub async fn run(
         events,
     )
     .await?;
+    ownership(spec, plan, external, events).await?;
     for name in &plan.foreign_configmaps {
         events.warn(format!(
             "the template mounts the configmap `{name}`, which deploy does not create"
@@ -364,9 +443,9 @@ mod tests {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let s = std::sync::Arc::clone(&seen);
         let events = Events::new(move |e| s.lock().unwrap().push(e));
-        skew("r/kubemark:v1.34.0", "v1.33.1", &events);
-        skew("r/kubemark:v1.33.0", "v1.33.1", &events);
-        skew("r/kubemark:v1.28.0", "v1.33.1", &events);
+        skew("v1.34.0", "v1.33.1", &events);
+        skew("v1.33.0", "v1.33.1", &events);
+        skew("v1.28.0", "v1.33.1", &events);
         assert_eq!(seen.lock().unwrap().len(), 2);
     }
 

@@ -155,9 +155,15 @@ impl Engine {
         if self.insecure_registries.contains(&image.registry) {
             return true;
         }
+        // As the engine does: the host's address (a name resolved, `127.1` and
+        // `LOCALHOST` read as the resolver reads them) against the CIDRs.
         let host = crate::reference::host_without_port(&image.registry);
-        let Ok(ip) = host.parse::<std::net::Ipv4Addr>() else {
-            return host == "localhost" && self.insecure_cidrs.iter().any(|c| c == "127.0.0.0/8");
+        let ip = match kubemark_contract::local_address(host) {
+            Some(local) => Some(local.address),
+            None => kubemark_contract::address::literal(host),
+        };
+        let Some(std::net::IpAddr::V4(ip)) = ip else {
+            return false;
         };
         self.insecure_cidrs
             .iter()

@@ -14,7 +14,7 @@ pub mod event;
 pub mod make;
 pub mod pipeline;
 pub mod record;
-pub mod reference;
+pub use kubemark_contract::reference;
 pub mod registry;
 pub mod source;
 

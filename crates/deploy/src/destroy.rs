@@ -1,0 +1,533 @@
+//! `destroy`: delete what deploy made, on both clusters, and nothing else.
+//!
+//! What it deletes, each only with proof that deploy made it:
+//! - ReplicationControllers, Secrets and ConfigMaps in the namespace that carry
+//!   deploy's field manager (and, through the RCs, their pods);
+//! - the namespace itself, only when deploy created it (the `created-by`
+//!   annotation written in the creating request, checked again by UID at the
+//!   delete) and nothing deploy did not make is left in it;
+//! - the master's Nodes labelled `kubemark.dev/hollow-node=<namespace>`.
+//!
+//! Before deleting anything, both clusters must answer and the credentials must
+//! allow every delete: a destroy that would stop halfway does not start.
+//! Then it waits with watches until everything is gone; a watch that fails is
+//! retried, and what is still there when time runs out is named, with its side.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ReplicationController, Secret};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Preconditions};
+use kube::discovery::{Discovery, Scope, verbs};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+
+use crate::apply::{created_by_us, managed_by_us, managers};
+use crate::error::{Error, Result, Side};
+use crate::event::{Cancel, Event, Events, Say};
+use crate::kubeconfig::Cluster;
+use crate::plan::NODE_LABEL;
+
+/// What `destroy` removed, and what it left on purpose.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Destroyed {
+    pub replication_controllers: usize,
+    /// Pods of those ReplicationControllers, deleted with them.
+    pub pods: usize,
+    pub secrets: usize,
+    pub configmaps: usize,
+    /// Whether the namespace was deleted (only one deploy created).
+    pub namespace: bool,
+    pub nodes: usize,
+    /// What was left, and why: the namespace when it is not deploy's, the
+    /// objects in it that deploy did not make.
+    pub left: Vec<String>,
+}
+
+impl Destroyed {
+    /// Whether anything was deleted.
+    pub fn deleted_anything(&self) -> bool {
+        self.replication_controllers + self.pods + self.secrets + self.configmaps + self.nodes > 0
+            || self.namespace
+    }
+}
+
+/// The most objects `left` names one by one.
+const LEFT_SHOWN: usize = 20;
+
+/// Delete what deploy made, on both sides, and wait until it is gone. Twice is fine.
+pub async fn destroy(
+    external: &Cluster,
+    master: &Cluster,
+    namespace: &str,
+    timeout: Duration,
+    events: &Events,
+    cancel: &Cancel,
+) -> Result<Destroyed> {
+    crate::plan::check_namespace(namespace)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    events.stage(
+        "destroy",
+        format!("what deploy made for namespace {namespace}, on both clusters"),
+    );
+    preflight(external, master, namespace, events).await?;
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+
+    let mut done = Destroyed::default();
+    let ext = |doing: String| Error::api(Side::External, doing);
+    let rc_api: Api<ReplicationController> = Api::namespaced(external.client.clone(), namespace);
+    let rcs: Vec<ReplicationController> = list_or_none(&rc_api, "ReplicationControllers")
+        .await?
+        .into_iter()
+        .filter(managed_by_us)
+        .collect();
+    let rc_uids: BTreeSet<String> = rcs.iter().filter_map(|r| r.uid()).collect();
+    let pod_api: Api<Pod> = Api::namespaced(external.client.clone(), namespace);
+    let pods: Vec<Pod> = list_or_none(&pod_api, "pods")
+        .await?
+        .into_iter()
+        .filter(|p| owned_by(p, &rc_uids))
+        .collect();
+    for rc in &rcs {
+        let name = rc.name_any();
+        delete(&rc_api, &name, &DeleteParams::background())
+            .await
+            .map_err(ext(format!("deleting ReplicationController {name}")))?;
+        done.replication_controllers += 1;
+    }
+    done.pods = pods.len();
+    done.secrets = delete_ours::<Secret>(external, namespace, "secrets").await?;
+    done.configmaps = delete_ours::<ConfigMap>(external, namespace, "configmaps").await?;
+
+    let ns_api: Api<Namespace> = Api::all(external.client.clone());
+    let ns = crate::retry::call(|| ns_api.get_opt(namespace))
+        .await
+        .map_err(ext("reading the namespace".into()))?;
+    let foreign = match &ns {
+        Some(_) => foreign_objects(external, namespace, &rc_uids).await,
+        None => Ok(Vec::new()),
+    };
+    match (&ns, &foreign) {
+        (None, _) => {}
+        (Some(ns), Ok(foreign)) if created_by_us(ns) && foreign.is_empty() => {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: ns.uid(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::background()
+            };
+            delete(&ns_api, namespace, &params)
+                .await
+                .map_err(ext(format!("deleting namespace {namespace}")))?;
+            done.namespace = true;
+        }
+        (Some(ns), foreign) => {
+            let why = if created_by_us(ns) {
+                "deploy created it, but it holds what deploy did not make"
+            } else {
+                "deploy did not create it"
+            };
+            done.left
+                .push(format!("namespace {namespace}: kept, {why}"));
+            match foreign {
+                Ok(foreign) => {
+                    for f in foreign.iter().take(LEFT_SHOWN) {
+                        done.left.push(format!("{f}: not deploy's"));
+                    }
+                    if foreign.len() > LEFT_SHOWN {
+                        done.left.push(format!(
+                            "... and {} more object(s) deploy did not make",
+                            foreign.len() - LEFT_SHOWN
+                        ));
+                    }
+                }
+                Err(why) => done.left.push(format!(
+                    "could not see everything in namespace {namespace} ({why}), so it is kept"
+                )),
+            }
+        }
+    }
+
+    let node_api: Api<Node> = Api::all(master.client.clone());
+    let hollow = ListParams::default().labels(&format!("{NODE_LABEL}={namespace}"));
+    let nodes = crate::retry::call(|| node_api.list(&hollow))
+        .await
+        .map_err(Error::api(Side::Master, "listing hollow nodes"))?
+        .items;
+    for n in &nodes {
+        let name = n.name_any();
+        delete(&node_api, &name, &DeleteParams::background())
+            .await
+            .map_err(Error::api(Side::Master, format!("deleting node {name}")))?;
+        done.nodes += 1;
+    }
+
+    // Wait until everything is gone.
+    if done.namespace {
+        until_gone(
+            ns_api,
+            watcher::Config::default().fields(&format!("metadata.name={namespace}")),
+            |_: &Namespace| true,
+            Side::External,
+            &format!("namespace {namespace}"),
+            deadline,
+            cancel,
+        )
+        .await?;
+    } else if !rcs.is_empty() {
+        // Only the pods of the deleted RCs: others in the namespace are not ours.
+        until_gone(
+            pod_api,
+            watcher::Config::default(),
+            move |p: &Pod| owned_by(p, &rc_uids),
+            Side::External,
+            &format!("the hollow-node pods in namespace {namespace}"),
+            deadline,
+            cancel,
+        )
+        .await?;
+    }
+    until_gone(
+        node_api,
+        watcher::Config::default().labels(&format!("{NODE_LABEL}={namespace}")),
+        |_: &Node| true,
+        Side::Master,
+        &format!("the hollow nodes of namespace {namespace}"),
+        deadline,
+        cancel,
+    )
+    .await?;
+    for (kind, count) in [
+        ("ReplicationController", done.replication_controllers),
+        ("Pod", done.pods),
+        ("Secret", done.secrets),
+        ("ConfigMap", done.configmaps),
+        ("Namespace", usize::from(done.namespace)),
+        ("hollow Node", done.nodes),
+    ] {
+        if count > 0 {
+            events.emit(Event::Deleted {
+                kind: kind.into(),
+                count,
+            });
+        }
+    }
+    Ok(done)
+}
+
+/// Both clusters answer, and the credentials may do every delete destroy does.
+async fn preflight(
+    external: &Cluster,
+    master: &Cluster,
+    namespace: &str,
+    events: &Events,
+) -> Result<()> {
+    crate::preflight::version(external).await?;
+    crate::preflight::version(master).await?;
+    let ns = Some(namespace);
+    crate::preflight::permissions(
+        external,
+        &[
+            ("list", "", "replicationcontrollers", "", ns),
+            ("delete", "", "replicationcontrollers", "", ns),
+            ("list", "", "secrets", "", ns),
+            ("delete", "", "secrets", "", ns),
+            ("list", "", "configmaps", "", ns),
+            ("delete", "", "configmaps", "", ns),
+            ("watch", "", "pods", "", ns),
+            ("get", "", "namespaces", "", None),
+            ("delete", "", "namespaces", "", None),
+        ],
+        events,
+    )
+    .await?;
+    crate::preflight::permissions(
+        master,
+        &[
+            ("list", "", "nodes", "", None),
+            ("watch", "", "nodes", "", None),
+            ("delete", "", "nodes", "", None),
+        ],
+        events,
+    )
+    .await
+}
+
+/// A delete; already gone counts as done (another destroy, a cascade).
+async fn delete<K>(api: &Api<K>, name: &str, params: &DeleteParams) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    match crate::retry::call(|| api.delete(name, params)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every object of `api`; none when the namespace does not exist. A list that
+/// fails is an error, not an empty list: destroy never reports done for what
+/// it could not see.
+async fn list_or_none<K>(api: &Api<K>, kind: &str) -> Result<Vec<K>>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let all = ListParams::default();
+    match crate::retry::call(|| api.list(&all)).await {
+        Ok(list) => Ok(list.items),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+        Err(e) => Err(Error::api(Side::External, format!("listing {kind}"))(e)),
+    }
+}
+
+/// Delete the objects of one kind in the namespace that carry deploy's field
+/// manager; how many were deploy's.
+async fn delete_ours<K>(external: &Cluster, namespace: &str, kind: &str) -> Result<usize>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(external.client.clone(), namespace);
+    let mut ours = 0;
+    for obj in list_or_none(&api, kind)
+        .await?
+        .iter()
+        .filter(|o| managed_by_us(*o))
+    {
+        let name = obj.name_any();
+        delete(&api, &name, &DeleteParams::background())
+            .await
+            .map_err(Error::api(
+                Side::External,
+                format!("deleting {kind} {name}"),
+            ))?;
+        ours += 1;
+    }
+    Ok(ours)
+}
+
+fn owned_by<K: Resource>(obj: &K, uids: &BTreeSet<String>) -> bool {
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| uids.contains(&o.uid))
+}
+
+/// What every namespace holds without anybody asking: the `default` service
+/// account, the cluster CA configmap, a legacy token of the default account.
+fn made_by_the_cluster(kind: &str, obj: &DynamicObject) -> bool {
+    let name = obj.name_any();
+    match kind {
+        "ServiceAccount" => name == "default",
+        "ConfigMap" => name == "kube-root-ca.crt",
+        "Secret" => {
+            obj.data.get("type").and_then(|t| t.as_str())
+                == Some("kubernetes.io/service-account-token")
+                && obj
+                    .annotations()
+                    .get("kubernetes.io/service-account.name")
+                    .map(String::as_str)
+                    == Some("default")
+        }
+        _ => false,
+    }
+}
+
+/// Everything in the namespace that deploy did not make, as `Kind name`
+/// (discovery of every namespaced, listable type; events and metrics aside).
+async fn foreign_objects(
+    external: &Cluster,
+    namespace: &str,
+    rc_uids: &BTreeSet<String>,
+) -> std::result::Result<Vec<String>, String> {
+    let discovery = Discovery::new(external.client.clone())
+        .exclude(&["events.k8s.io", "metrics.k8s.io"])
+        .run()
+        .await
+        .map_err(|e| format!("discovery failed: {}", crate::error::describe(&e)))?;
+    let mut foreign = Vec::new();
+    for group in discovery.groups() {
+        for (resource, caps) in group.recommended_resources() {
+            if caps.scope != Scope::Namespaced
+                || !caps.supports_operation(verbs::LIST)
+                || (resource.group.is_empty() && resource.kind == "Event")
+            {
+                continue;
+            }
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(external.client.clone(), namespace, &resource);
+            let mut params = ListParams::default().limit(500);
+            loop {
+                let page = crate::retry::call(|| api.list(&params))
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "listing {}: {}",
+                            resource.plural,
+                            crate::error::describe(&e)
+                        )
+                    })?;
+                for obj in &page.items {
+                    let ours = managed_by_us(obj)
+                        || owned_by(obj, rc_uids)
+                        || made_by_the_cluster(&resource.kind, obj);
+                    // Something on its way out (a pod of an RC an earlier destroy
+                    // deleted, being collected) does not keep the namespace.
+                    if !ours && obj.meta().deletion_timestamp.is_none() {
+                        foreign.push(format!(
+                            "{} {namespace}/{} ({})",
+                            resource.kind,
+                            obj.name_any(),
+                            managers(obj)
+                        ));
+                    }
+                }
+                match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                    Some(token) => params = params.continue_token(&token),
+                    None => break,
+                }
+            }
+        }
+    }
+    foreign.sort();
+    Ok(foreign)
+}
+
+/// A oneshot that fires when `cancel` is raised.
+fn cancelled(
+    cancel: &Cancel,
+) -> (
+    tokio::sync::oneshot::Receiver<()>,
+    crate::event::CancelGuard,
+) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let guard = cancel.on_cancel(move || {
+        let _ = tx.send(());
+    });
+    (rx, guard)
+}
+
+/// A watch error that retrying will not mend: the credentials, the resource.
+fn permanent(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => {
+            matches!(e, kube::Error::Api(s) if matches!(s.code, 401 | 403 | 404))
+        }
+        watcher::Error::WatchError(s) => matches!(s.code, 401 | 403),
+        watcher::Error::NoResourceVersion => true,
+    }
+}
+
+fn describe_watch(e: &watcher::Error) -> String {
+    match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => crate::error::describe(e),
+        other => other.to_string(),
+    }
+}
+
+/// Wait, with a watch, until nothing matches `config` and `counts` in `api`. Watch errors
+/// are retried with back-off; one that retrying cannot mend ends the wait at
+/// once, and at the deadline the error names the side, what is still there and
+/// the last watch error.
+async fn until_gone<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    counts: impl Fn(&K) -> bool,
+    side: Side,
+    what: &str,
+    deadline: tokio::time::Instant,
+    cancel: &Cancel,
+) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let (mut interrupted, _guard) = cancelled(cancel);
+    let mut live: BTreeSet<String> = BTreeSet::new();
+    let mut listing: Option<BTreeSet<String>> = None;
+    let mut synced = false;
+    let mut last_error: Option<String> = None;
+    let failed =
+        |live: &BTreeSet<String>, synced: bool, last_error: &Option<String>, reason: &str| {
+            let still = if synced {
+                let names: Vec<&str> = live.iter().map(String::as_str).take(10).collect();
+                format!(
+                    "{} still there ({}{})",
+                    live.len(),
+                    names.join(", "),
+                    if live.len() > 10 { ", ..." } else { "" }
+                )
+            } else {
+                "could not be listed".to_owned()
+            };
+            Error::Api {
+                side,
+                doing: format!("waiting for {what} to go"),
+                reason: format!(
+                    "{reason}: {still}{}",
+                    last_error
+                        .as_ref()
+                        .map(|e| format!("; the last watch error: {e}"))
+                        .unwrap_or_default()
+                ),
+            }
+        };
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(failed(&live, synced, &last_error, "time is up"));
+            }
+            _ = &mut interrupted => return Err(Error::Cancelled),
+        };
+        match next {
+            Some(Ok(event)) => match event {
+                watcher::Event::Init => listing = Some(BTreeSet::new()),
+                watcher::Event::InitApply(o) => {
+                    if let Some(l) = listing.as_mut().filter(|_| counts(&o)) {
+                        l.insert(o.name_any());
+                    }
+                }
+                watcher::Event::InitDone => {
+                    live = listing.take().unwrap_or_default();
+                    synced = true;
+                }
+                watcher::Event::Apply(o) if counts(&o) => {
+                    live.insert(o.name_any());
+                }
+                watcher::Event::Apply(_) => {}
+                watcher::Event::Delete(o) => {
+                    live.remove(&o.name_any());
+                }
+            },
+            Some(Err(e)) if permanent(&e) => {
+                return Err(failed(
+                    &live,
+                    synced,
+                    &Some(describe_watch(&e)),
+                    "the watch was refused",
+                ));
+            }
+            Some(Err(e)) => {
+                tracing::debug!("watch of {what} failed, retrying: {e}");
+                last_error = Some(describe_watch(&e));
+            }
+            None => return Err(failed(&live, synced, &last_error, "the watch ended")),
+        }
+        if synced && listing.is_none() && live.is_empty() {
+            return Ok(());
+        }
+    }
+}
