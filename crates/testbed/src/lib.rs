@@ -75,15 +75,127 @@ pub fn run(program: &str, args: &[&str], dir: Option<&Path>) -> io::Result<Strin
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// A child process killed when dropped.
+/// A server process, killed when dropped together with every process it started
+/// (git-daemon's and lighttpd's children, sshd's per-connection sessions).
+///
+/// The server stays in the test's process group, so that whatever kills the
+/// test's group (nextest on a timeout, Ctrl-C on a terminal) kills it too; on
+/// drop, its process tree is found through `/proc` and killed.
 #[derive(Debug)]
 struct Guard(Child);
 
+impl Guard {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        kill_tree(self.0.id());
         let _ = self.0.wait();
     }
+}
+
+/// Kill `root` and all its descendants. The tree is frozen first (SIGSTOP, from
+/// the root down, each process seen stopped before its children are listed) so
+/// that nothing forks while it is collected, and a child whose parent died
+/// first is not lost to init; then every process in it gets SIGKILL.
+pub fn kill_tree(root: u32) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let signal = |pid: u32, signal: Signal| {
+        if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+            let _ = kill_process(pid, signal);
+        }
+    };
+    let mut tree = Vec::new();
+    let mut next = vec![root];
+    while !next.is_empty() {
+        for &pid in &next {
+            signal(pid, Signal::STOP);
+        }
+        for &pid in &next {
+            wait_until_stopped(pid);
+        }
+        tree.extend_from_slice(&next);
+        next = processes()
+            .into_iter()
+            .filter(|p| tree.contains(&p.ppid) && !tree.contains(&p.pid))
+            .map(|p| p.pid)
+            .collect();
+    }
+    for pid in tree {
+        signal(pid, Signal::KILL);
+    }
+}
+
+/// Wait (at most a second) until `pid` is stopped, dead or gone.
+fn wait_until_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        match Proc::read(pid) {
+            Some(p) if p.is_alive() && !matches!(p.state, 'T' | 't') => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            _ => return,
+        }
+    }
+}
+
+/// A process as `/proc/<pid>/stat` describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    /// `R`, `S`, `D`, `T` (stopped), `Z` (zombie: dead, not yet reaped), ...
+    pub state: char,
+}
+
+impl Proc {
+    /// Read `/proc/<pid>/stat`; `None` when there is no such process.
+    pub fn read(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let ppid = fields.next()?.parse().ok()?;
+        Some(Self { pid, ppid, state })
+    }
+
+    /// Whether it still runs (a zombie has ended: it only waits to be reaped).
+    pub fn is_alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Every process on the machine.
+pub fn processes() -> Vec<Proc> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(Proc::read)
+        .collect()
+}
+
+/// `pid` and every process it started, directly or not, that is still its descendant.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let all = processes();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(all.iter().filter(|p| p.ppid == parent).map(|p| p.pid));
+        i += 1;
+    }
+    tree
+}
+
+/// Whether the process `pid` is alive (not gone, not a zombie).
+pub fn is_alive(pid: u32) -> bool {
+    Proc::read(pid).is_some_and(|p| p.is_alive())
 }
 
 /// A `docker-registry` (distribution 2.8) on a loopback port, with filesystem storage.
@@ -97,6 +209,11 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The server's process id (what it started are its descendants).
+    pub fn pid(&self) -> u32 {
+        self._child.pid()
+    }
+
     /// Start a registry keeping its data in `dir`; with `auth`, it wants that
     /// user and password (htpasswd, bcrypt).
     pub fn start(dir: &Path, auth: Option<(&str, &str)>) -> io::Result<Self> {
@@ -162,7 +279,7 @@ impl Registry {
     }
 }
 
-/// `git daemon` serving every repository under a base directory over `git://`.
+/// `git-daemon` serving every repository under a base directory over `git://`.
 #[derive(Debug)]
 pub struct GitDaemon {
     pub port: u16,
@@ -170,11 +287,17 @@ pub struct GitDaemon {
 }
 
 impl GitDaemon {
+    /// The server's process id (what it started are its descendants).
+    pub fn pid(&self) -> u32 {
+        self._child.pid()
+    }
+
     pub fn start(base: &Path) -> io::Result<Self> {
         let port = free_port()?;
-        let mut child = Command::new("git")
+        // git-daemon itself, not `git daemon`: `git` would run it as a child
+        // and wait, and killing `git` would leave the daemon listening.
+        let mut child = Command::new(git_exec_path()?.join("git-daemon"))
             .args([
-                "daemon",
                 "--reuseaddr",
                 "--listen=127.0.0.1",
                 &format!("--port={port}"),
@@ -226,6 +349,11 @@ pub struct GitHttps {
 }
 
 impl GitHttps {
+    /// The server's process id (what it started are its descendants).
+    pub fn pid(&self) -> u32 {
+        self._child.pid()
+    }
+
     /// Serve `base`; `dir` holds the configuration, keys and logs. With
     /// `auth`, every request wants that user and password (Basic, htpasswd).
     pub fn start(base: &Path, dir: &Path, auth: Option<(&str, &str)>) -> io::Result<Self> {
@@ -363,6 +491,11 @@ pub struct SshAgent {
 }
 
 impl SshAgent {
+    /// The server's process id (what it started are its descendants).
+    pub fn pid(&self) -> u32 {
+        self._child.pid()
+    }
+
     pub fn start(socket: &Path) -> io::Result<Self> {
         require("ssh-agent")?;
         let child = Command::new("ssh-agent")
@@ -422,6 +555,11 @@ pub struct GitSsh {
 }
 
 impl GitSsh {
+    /// The server's process id (what it started are its descendants).
+    pub fn pid(&self) -> u32 {
+        self._child.pid()
+    }
+
     /// Serve `base`; `dir` holds the configuration and keys; `home` gets the client key.
     pub fn start(base: &Path, dir: &Path, home: &Path) -> io::Result<Self> {
         const SSHD: &str = "/usr/sbin/sshd";
