@@ -145,8 +145,9 @@ impl Env {
         let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
         command.args(args);
         for (key, _) in std::env::vars() {
-            if key.starts_with("KUBEMARK_") || key == "DOCKER_HOST" || key == "KUBE_BUILD_PLATFORMS"
-            {
+            // `cargo xtask ci`'s mark stays: what the binary leaves running is found by it.
+            let settings = key.starts_with("KUBEMARK_") && key != "KUBEMARK_CI_RUN";
+            if settings || key == "DOCKER_HOST" || key == "KUBE_BUILD_PLATFORMS" {
                 command.env_remove(key);
             }
         }

@@ -1,6 +1,8 @@
 //! `cargo xtask ci`: the test command. Provisions what the tests need (Debian
 //! packages, a running Docker engine, actionlint), then runs the fmt check,
-//! clippy with `-D warnings`, and the whole test suite.
+//! clippy with `-D warnings`, and the whole test suite, and then checks that
+//! the tests left nothing running: every process they start carries a mark
+//! (`KUBEMARK_CI_RUN`) in its environment, and any still alive fails the run.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -69,10 +71,15 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
         ],
         &[],
     )?;
-    let env = [(
-        "KUBEMARK_ACTIONLINT",
-        actionlint.to_string_lossy().into_owned(),
-    )];
+    // Everything the tests start inherits this mark (dockerd, started above, does not).
+    let marker = run_marker();
+    let env = [
+        (
+            "KUBEMARK_ACTIONLINT",
+            actionlint.to_string_lossy().into_owned(),
+        ),
+        (MARKER_VAR, marker.clone()),
+    ];
     let mut test: Vec<&str> = if has_nextest() {
         vec!["nextest", "run", "--workspace", "--no-fail-fast"]
     } else {
@@ -84,7 +91,17 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
         }
         test.extend(args.test_args.iter().map(String::as_str));
     }
-    step(&root, "cargo", &test, &env)?;
+    let tested = step(&root, "cargo", &test, &env);
+    let cleaned = no_leftovers(&marker);
+    match (tested, cleaned) {
+        (Ok(()), Ok(())) => {}
+        (Err(e), Ok(())) => return Err(e),
+        (Ok(()), Err(leftovers)) => return Err(leftovers),
+        (Err(e), Err(mut leftovers)) => {
+            leftovers.message = format!("{}; also, {}", e.message, leftovers.message);
+            return Err(leftovers);
+        }
+    }
     if global.verbose > 0 {
         eprintln!(
             "==> ci: all checks passed in {:.0}s",
@@ -110,6 +127,87 @@ fn step(dir: &Path, program: &str, args: &[&str], env: &[(&str, String)]) -> Res
         )));
     }
     Ok(())
+}
+
+/// The variable that marks every process the test step starts.
+const MARKER_VAR: &str = "KUBEMARK_CI_RUN";
+
+/// A value of [`MARKER_VAR`] no other run shares: this process's id and the time.
+fn run_marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// A process still running that carries the run's mark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Leftover {
+    pid: u32,
+    cmdline: String,
+}
+
+/// The processes alive (zombies are not) whose environment holds `MARKER_VAR=marker`.
+fn marked_processes(marker: &str) -> Vec<Leftover> {
+    let needle = format!("{MARKER_VAR}={marker}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<Leftover> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .filter(|pid| {
+            // `pid (comm) state ...`: a zombie has ended and only waits to be reaped.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_some_and(|state| !matches!(state, "Z" | "X" | "x"))
+            })
+        })
+        .map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&raw)
+                .split('\0')
+                .filter(|a| !a.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+            Leftover { pid, cmdline }
+        })
+        .collect();
+    found.sort_by_key(|l| l.pid);
+    found
+}
+
+/// After the tests: nothing they started may still run. Whatever does is
+/// killed, and listed in the failure.
+fn no_leftovers(marker: &str) -> Result<(), Failure> {
+    let leftovers = marked_processes(marker);
+    if leftovers.is_empty() {
+        return Ok(());
+    }
+    for leftover in &leftovers {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &leftover.pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let mut failure = Failure::failed(format!(
+        "{} process(es) started by the tests were still running after the tests ended; they were killed",
+        leftovers.len()
+    ))
+    .with_hint(
+        "a test left a server (or a child of one) running: stop what it starts when it ends, e.g. with a \
+         crates/testbed server, which kills its whole process tree when dropped",
+    );
+    failure.details = leftovers
+        .iter()
+        .map(|l| format!("pid {}: {}", l.pid, l.cmdline))
+        .collect();
+    Err(failure)
 }
 
 fn has_nextest() -> bool {
@@ -278,4 +376,58 @@ fn provision_python_tools(tools: &Path) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeper(marker: Option<&str>) -> std::process::Child {
+        let mut command = std::process::Command::new("sleep");
+        command.arg("60");
+        command.env_remove(MARKER_VAR);
+        if let Some(marker) = marker {
+            command.env(MARKER_VAR, marker);
+        }
+        command.spawn().expect("sleep starts")
+    }
+
+    #[test]
+    fn processes_left_by_the_tests_are_found_by_their_mark_killed_and_listed() {
+        let marker = run_marker();
+        let mut marked = sleeper(Some(&marker));
+        let mut other_run = sleeper(Some("1-2"));
+        let mut unmarked = sleeper(None);
+
+        let found = marked_processes(&marker);
+        assert_eq!(
+            found,
+            vec![Leftover {
+                pid: marked.id(),
+                cmdline: "sleep 60".into()
+            }]
+        );
+
+        let failure = no_leftovers(&marker).expect_err("a marked process is left");
+        assert!(
+            failure.message.contains("1 process(es)"),
+            "{}",
+            failure.message
+        );
+        assert_eq!(
+            failure.details,
+            vec![format!("pid {}: sleep 60", marked.id())]
+        );
+        // Killed: it ends (and, reaped, is gone); the others run on.
+        let status = marked.wait().expect("wait");
+        assert!(!status.success());
+        assert!(marked_processes(&marker).is_empty());
+        assert!(no_leftovers(&marker).is_ok());
+        assert_eq!(other_run.try_wait().expect("try_wait"), None);
+        assert_eq!(unmarked.try_wait().expect("try_wait"), None);
+        let _ = other_run.kill();
+        let _ = unmarked.kill();
+        let _ = other_run.wait();
+        let _ = unmarked.wait();
+    }
 }
