@@ -90,22 +90,43 @@ impl Faults {
     }
 }
 
-/// The faults in effect, with their random source.
+/// The faults in effect, with their random source. The error rules can be
+/// changed while the simulator serves ([`Injector::set_errors`]), so a test can
+/// break a server halfway through a run.
 #[derive(Debug)]
 pub struct Injector {
+    /// The faults given at start; `faults.errors` is only the initial rule set.
     pub faults: Faults,
+    errors: std::sync::RwLock<Vec<ErrorRule>>,
     rng: Mutex<Rng>,
 }
 
 impl Injector {
     pub fn new(faults: Faults) -> Self {
         let rng = Mutex::new(Rng::new(faults.seed ^ 0x6661_756c_7473));
-        Self { faults, rng }
+        let errors = std::sync::RwLock::new(faults.errors.clone());
+        Self {
+            faults,
+            errors,
+            rng,
+        }
+    }
+
+    /// Replace the error rules from now on (an empty list stops injecting errors).
+    pub fn set_errors(&self, rules: Vec<ErrorRule>) {
+        *self
+            .errors
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = rules;
     }
 
     /// The status code to fail this request with, if any.
     pub fn error_for(&self, verb: &str, resource: &str) -> Option<u16> {
-        for rule in &self.faults.errors {
+        let rules = self
+            .errors
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for rule in rules.iter() {
             let matches = (rule.verb == "*" || rule.verb == verb)
                 && (rule.resource == "*" || rule.resource == resource);
             if matches {
@@ -153,6 +174,12 @@ mod tests {
         assert_eq!(
             i.error_for("list", "pods").map(|c| c == 500 || c == 429),
             Some(true)
+        );
+        i.set_errors(Vec::new());
+        assert_eq!(
+            i.error_for("list", "pods"),
+            None,
+            "rules replaced at run time"
         );
     }
 }

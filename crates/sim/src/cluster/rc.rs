@@ -1,6 +1,12 @@
 //! The ReplicationController controller: keeps `spec.replicas` pods named
 //! `<rc>-<5 random chars>` with owner references, deletes extras on scale-down
 //! (unscheduled, then not ready, then newest first), and reports status.
+//!
+//! As kube-controller-manager's does, one sync creates at most [`BURST`] pods,
+//! in batches that double from one (`slowStartBatch`) and stop at the first
+//! failure; the pods it made bring the controller back for the next burst. So
+//! a huge `spec.replicas` grows the pods step by step while the API keeps
+//! serving (and a delete of the RC stops it), instead of one endless loop.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,6 +27,73 @@ fn pod_ready(pod: &Value) -> bool {
                 .any(|c| c["type"] == "Ready" && c["status"] == "True")
         })
 }
+
+/// Create one pod from the RC's template; false (and a FailedCreate event) when it fails.
+fn create_pod(
+    shared: &Shared,
+    rc: &Value,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    template: &Value,
+    pods: &mut Vec<Obj>,
+) -> bool {
+    let mut pod = json!({
+        "metadata": template.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        "spec": template.get("spec").cloned().unwrap_or_default(),
+    });
+    let m = meta::metadata_mut(&mut pod);
+    m.remove("name");
+    m.insert("generateName".into(), json!(format!("{name}-")));
+    m.insert("namespace".into(), json!(ns));
+    m.insert(
+        "ownerReferences".into(),
+        json!([{"apiVersion": "v1", "kind": "ReplicationController", "name": name, "uid": uid,
+                "controller": true, "blockOwnerDeletion": true}]),
+    );
+    if crate::validate::defaults_and_checks(idx::PODS, &mut pod, None).is_err() {
+        record_event(
+            shared,
+            rc,
+            "Warning",
+            "FailedCreate",
+            "Error creating: the pod template is invalid",
+            "replication-controller",
+            None,
+        );
+        return false;
+    }
+    match shared.store.create(idx::PODS, pod) {
+        Ok(p) => {
+            record_event(
+                shared,
+                rc,
+                "Normal",
+                "SuccessfulCreate",
+                &format!("Created pod: {}", meta::name(&p.value)),
+                "replication-controller",
+                None,
+            );
+            pods.push(p);
+            true
+        }
+        Err(e) => {
+            record_event(
+                shared,
+                rc,
+                "Warning",
+                "FailedCreate",
+                &format!("Error creating: {}", e.message),
+                "replication-controller",
+                None,
+            );
+            false
+        }
+    }
+}
+
+/// The most pods one sync creates (kube-controller-manager's `burstReplicas`).
+pub const BURST: usize = 500;
 
 fn sync(shared: &Shared, ns: &str, name: &str) {
     let Some(rc) = shared.store.get(idx::RCS, ns, name) else {
@@ -52,58 +125,18 @@ fn sync(shared: &Shared, ns: &str, name: &str) {
             .pointer("/spec/template")
             .cloned()
             .unwrap_or_default();
-        for _ in pods.len()..desired {
-            let mut pod = json!({
-                "metadata": template.get("metadata").cloned().unwrap_or_else(|| json!({})),
-                "spec": template.get("spec").cloned().unwrap_or_default(),
-            });
-            let m = meta::metadata_mut(&mut pod);
-            m.remove("name");
-            m.insert("generateName".into(), json!(format!("{name}-")));
-            m.insert("namespace".into(), json!(ns));
-            m.insert(
-                "ownerReferences".into(),
-                json!([{"apiVersion": "v1", "kind": "ReplicationController", "name": name, "uid": uid,
-                        "controller": true, "blockOwnerDeletion": true}]),
-            );
-            if crate::validate::defaults_and_checks(idx::PODS, &mut pod, None).is_err() {
-                record_event(
-                    shared,
-                    &rc.value,
-                    "Warning",
-                    "FailedCreate",
-                    "Error creating: the pod template is invalid",
-                    "replication-controller",
-                    None,
-                );
-                break;
-            }
-            match shared.store.create(idx::PODS, pod) {
-                Ok(p) => {
-                    record_event(
-                        shared,
-                        &rc.value,
-                        "Normal",
-                        "SuccessfulCreate",
-                        &format!("Created pod: {}", meta::name(&p.value)),
-                        "replication-controller",
-                        None,
-                    );
-                    pods.push(p);
-                }
-                Err(e) => {
-                    record_event(
-                        shared,
-                        &rc.value,
-                        "Warning",
-                        "FailedCreate",
-                        &format!("Error creating: {}", e.message),
-                        "replication-controller",
-                        None,
-                    );
-                    break;
+        let want = (desired - pods.len()).min(BURST);
+        let mut batch = 1;
+        let mut made = 0;
+        'batches: while made < want {
+            let size = batch.min(want - made);
+            for _ in 0..size {
+                if !create_pod(shared, &rc.value, ns, name, &uid, &template, &mut pods) {
+                    break 'batches;
                 }
             }
+            made += size;
+            batch *= 2;
         }
     } else if pods.len() > desired {
         // Delete the least useful first: unscheduled, then not ready, then the newest.
