@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ArgMatches;
+use kubemark_deploy::error::Cause;
 use kubemark_deploy::plan::ImageRef;
 use kubemark_deploy::{Cancel, Choice, Error, Resources, Source, Spec};
 
@@ -866,9 +867,27 @@ pub fn failure(e: Error) -> Failure {
             "pass --image REF, or --registry and --tag, or build one with `cargo xtask image`"
                 .into(),
         ),
-        Error::Unreachable { side, .. } => Some(format!(
-            "is the {side} running, and is its kubeconfig's server address right?"
-        )),
+        Error::Unreachable { side, cause, .. } => {
+            let flag = if *side == kubemark_deploy::Side::External {
+                "--external-kubeconfig"
+            } else {
+                "--master-kubeconfig"
+            };
+            Some(match cause {
+                Cause::NoServer => format!(
+                    "nothing answers there: is the {side} running, and is the server address in its kubeconfig ({flag}) right?"
+                ),
+                Cause::Certificate => format!(
+                    "the {side}'s certificate is not signed by the certificate-authority in its kubeconfig ({flag}): give the kubeconfig the CA that signed the server's certificate (certificate-authority-data), or check that the address is the cluster you mean"
+                ),
+                Cause::Credentials => format!(
+                    "the {side} refused the credentials (401): the token or client certificate in its kubeconfig ({flag}) is wrong or has expired; get a new one (e.g. `kubectl create token NAME`)"
+                ),
+                Cause::Other => format!(
+                    "is the {side} running and healthy, and is its kubeconfig's server address right ({flag})?"
+                ),
+            })
+        }
         Error::Forbidden { side, .. } => Some(format!(
             "grant these to the {side}'s user (RBAC), or use a kubeconfig that has them"
         )),
@@ -882,6 +901,9 @@ pub fn failure(e: Error) -> Failure {
             details.extend(d.iter().cloned());
             Some(hint.clone())
         }
+        Error::Api { side, reason, .. } if reason.ends_with("(401)") => Some(format!(
+            "the {side} refused the credentials (401): the token or client certificate in its kubeconfig is wrong or has expired; get a new one (e.g. `kubectl create token NAME`)"
+        )),
         Error::Api { .. } | Error::Io { .. } => None,
         Error::Timeout { diagnosis, .. } => {
             details.extend(diagnosis.iter().cloned());

@@ -102,7 +102,10 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
-        0 | 1 => "warn",
+        // kube-rs logs every failed request at ERROR; the tool reports what
+        // failed in its own words (with the side and a hint), so its lines
+        // would only repeat it, raw. -vv shows them.
+        0 | 1 => "warn,kube_client=off,kube_runtime=off",
         2 => "info,kubemark_image=debug,xtask=debug",
         _ => "debug",
     };
@@ -129,6 +132,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -24,8 +24,18 @@ pub struct Local {
 impl std::fmt::Display for Local {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let literal = self.host.trim_start_matches('[').trim_end_matches(']');
+        let unspecified = match self.address {
+            IpAddr::V4(a) => a.is_unspecified(),
+            IpAddr::V6(a) => {
+                a.is_unspecified() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_unspecified())
+            }
+        };
         if literal == self.address.to_string() {
-            write!(f, "{} (a loopback address)", self.host)
+            if unspecified {
+                write!(f, "{} (the unspecified address: this machine)", self.host)
+            } else {
+                write!(f, "{} (a loopback address)", self.host)
+            }
         } else if self.resolved {
             write!(f, "{} (resolves to {})", self.host, self.address)
         } else {
@@ -188,6 +198,10 @@ mod tests {
         assert_eq!(
             local_address("127.0.0.1").unwrap().to_string(),
             "127.0.0.1 (a loopback address)"
+        );
+        assert_eq!(
+            local_address("[::]").unwrap().to_string(),
+            "[::] (the unspecified address: this machine)"
         );
     }
 

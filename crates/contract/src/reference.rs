@@ -58,6 +58,14 @@ impl ImageRef {
                 "the registry is empty; pass e.g. `--registry 127.0.0.1:5000` or `--registry gcr.io/my-project`",
             ));
         }
+        if let Some((scheme, rest)) = registry.split_once("://") {
+            return Err(err(
+                registry,
+                format!(
+                    "the registry is a URL: give it without the scheme (`{scheme}://`), e.g. `{rest}`"
+                ),
+            ));
+        }
         check_tag(tag).map_err(|reason| err(tag, format!("the tag {reason}")))?;
         let full = format!("{registry}/kubemark:{tag}");
         let parsed = Self::parse(&full)?;
@@ -369,6 +377,10 @@ mod tests {
             ("bad_host.io:5000", "not a host name"),
             ("r.io/UPPER", "lowercase"),
             ("r.io/a..b", "separator `..`"),
+            (
+                "http://x",
+                "give it without the scheme (`http://`), e.g. `x`",
+            ),
         ] {
             let e = ImageRef::kubemark(registry, "v1").unwrap_err();
             assert!(e.to_string().contains(why), "{registry:?}: {e}");

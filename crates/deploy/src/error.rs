@@ -20,6 +20,48 @@ impl std::fmt::Display for Side {
     }
 }
 
+/// Why a cluster did not answer the first request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// Nothing listens there, or the name does not resolve.
+    NoServer,
+    /// The server's certificate is not one the kubeconfig's CA signed.
+    Certificate,
+    /// The server refused the credentials (401).
+    Credentials,
+    /// Anything else (timeouts, 5xx that did not pass).
+    Other,
+}
+
+impl Cause {
+    /// Read from a failed request.
+    pub fn of(e: &kube::Error) -> Cause {
+        if let kube::Error::Api(s) = e {
+            return if s.code == 401 {
+                Cause::Credentials
+            } else {
+                Cause::Other
+            };
+        }
+        let text = describe(e).to_ascii_lowercase();
+        if text.contains("certificate")
+            || text.contains("unknownissuer")
+            || text.contains("tls handshake")
+        {
+            Cause::Certificate
+        } else if text.contains("connection refused")
+            || text.contains("dns error")
+            || text.contains("failed to lookup address")
+            || text.contains("no route to host")
+        {
+            Cause::NoServer
+        } else {
+            Cause::Other
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Options that cannot work together, or a value that cannot be used.
@@ -57,6 +99,8 @@ pub enum Error {
         side: Side,
         server: String,
         reason: String,
+        /// What the first request ran into, for the hint.
+        cause: Cause,
     },
 
     #[error("the {side} does not allow what deploy needs: {}", denied.join(", "))]

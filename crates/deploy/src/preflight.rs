@@ -30,14 +30,25 @@ pub fn minor_version(v: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
+/// The first request to a cluster: what answers, or why nothing does. A
+/// closed port, a certificate from another CA or refused credentials will not
+/// mend by retrying: they fail at once; what might (5xx, 429, a reset) is retried.
 pub async fn version(cluster: &Cluster) -> Result<String> {
-    let info = crate::retry::call(|| cluster.client.apiserver_version())
-        .await
-        .map_err(|e| Error::Unreachable {
-            side: cluster.side,
-            server: cluster.server.clone(),
-            reason: crate::error::describe(&e),
-        })?;
+    let unreachable = |e: kube::Error| Error::Unreachable {
+        side: cluster.side,
+        server: cluster.server.clone(),
+        reason: crate::error::describe(&e),
+        cause: crate::error::Cause::of(&e),
+    };
+    let info = match cluster.client.apiserver_version().await {
+        Ok(info) => info,
+        Err(e) if crate::error::Cause::of(&e) != crate::error::Cause::Other => {
+            return Err(unreachable(e));
+        }
+        Err(_) => crate::retry::call(|| cluster.client.apiserver_version())
+            .await
+            .map_err(unreachable)?,
+    };
     Ok(info.git_version)
 }
 
