@@ -241,7 +241,7 @@ async fn deploy_rerun_scale_status_and_destroy() {
     run.assert_code(0);
     assert!(
         run.stdout
-            .contains("destroyed: 1 ReplicationController(s), 1 secret(s)"),
+            .contains("destroyed: 1 ReplicationController(s) with 20 pod(s), 1 secret(s), 0 configmap(s), the namespace, 20 hollow node(s)"),
         "{}",
         run.stdout
     );
@@ -706,7 +706,7 @@ async fn kubeconfigs_a_pod_cannot_use_are_refused() {
     )
     .unwrap();
     for (file, expect) in [
-        (&loopback, "is a loopback address"),
+        (&loopback, "is this machine: 127.0.0.1 (a loopback address)"),
         (&exec, "the exec plugin `gke-gcloud-auth-plugin`"),
     ] {
         let args = [
@@ -780,7 +780,30 @@ async fn undefined_placeholders_and_bad_flags_are_usage_errors() {
     run.assert_code(0);
 
     for (extra, expect) in [
-        (vec!["--replicas", "many"], "invalid value 'many'"),
+        (
+            vec!["--replicas", "many"],
+            "--replicas `many` is not a number of hollow nodes",
+        ),
+        (
+            vec!["--replicas", "-1"],
+            "--replicas -1: hollow nodes cannot be negative",
+        ),
+        (
+            vec!["--replicas", "3000000000"],
+            "more hollow nodes than a ReplicationController can hold (at most 2147483647)",
+        ),
+        (
+            vec!["--replicas", "2", "--timeout", "0"],
+            "--timeout 0: a timeout of zero",
+        ),
+        (
+            vec!["--replicas", "2", "--set", "namespace=elsewhere"],
+            "deploy fills `namespace` itself",
+        ),
+        (
+            vec!["--replicas", "2", "--set", "hollow_node_labels=a=b"],
+            "deploy fills `hollow_node_labels` itself",
+        ),
         (
             vec!["--replicas", "2", "--node-labels", "zone"],
             "is not key=value",
@@ -817,7 +840,8 @@ async fn undefined_placeholders_and_bad_flags_are_usage_errors() {
         .await;
     run.assert_code(2);
     assert!(
-        run.stderr.contains("is not a `kubemark` repository"),
+        run.stderr
+            .contains("is in the repository `other`, not `kubemark`"),
         "{}",
         run.stderr
     );
@@ -974,4 +998,554 @@ async fn destroy_that_cannot_list_what_it_made_fails_without_claiming_success() 
         run.stdout,
         run.stderr
     );
+}
+
+// ---------------------------------------------------------------------------
+// Safety on a shared cluster (issue 12): destroy deletes only what deploy made.
+
+/// kubectl, as a user of the external cluster would run it.
+fn kubectl(c: &Clusters, args: &[&str]) -> String {
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.external.kubeconfig)
+        .arg("--cache-dir")
+        .arg(c.env.path("kubectl-cache"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn has(c: &Clusters, res: usize, ns: &str, name: &str) -> bool {
+    c.external.store().get(res, ns, name).is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namespace_that_existed_is_used_but_never_taken_over_or_deleted() {
+    let c = Clusters::default().await;
+    kubectl(&c, &["create", "namespace", "pre"]);
+    kubectl(
+        &c,
+        &[
+            "-n",
+            "pre",
+            "create",
+            "secret",
+            "generic",
+            "user-secret",
+            "--from-literal=pw=x",
+        ],
+    );
+    kubectl(
+        &c,
+        &[
+            "-n",
+            "pre",
+            "create",
+            "configmap",
+            "user-notes",
+            "--from-literal=a=b",
+        ],
+    );
+    let run = c.deploy(&["--namespace", "pre", "--replicas", "3"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains("namespace pre exists and deploy did not create it"),
+        "{}",
+        run.stderr
+    );
+    let ns = c.external.store().get(idx::NAMESPACES, "", "pre").unwrap();
+    assert!(
+        ns.value
+            .pointer("/metadata/labels/app.kubernetes.io~1managed-by")
+            .is_none()
+            && ns
+                .value
+                .pointer("/metadata/annotations/kubemark.dev~1created-by")
+                .is_none(),
+        "an existing namespace is not marked as deploy's: {}",
+        ns.value["metadata"]
+    );
+
+    let run = c.run(&["destroy"], &["--namespace", "pre"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("destroyed: 1 ReplicationController(s) with 3 pod(s), 1 secret(s)"),
+        "{}",
+        run.stdout
+    );
+    for line in [
+        "left: namespace pre: kept, deploy did not create it",
+        "left: ConfigMap pre/user-notes (managed by kubectl-create): not deploy's",
+        "left: Secret pre/user-secret (managed by kubectl-create): not deploy's",
+    ] {
+        assert!(run.stdout.contains(line), "{line}: {}", run.stdout);
+    }
+    assert!(has(&c, idx::NAMESPACES, "", "pre"));
+    assert!(has(&c, idx::SECRETS, "pre", "user-secret"));
+    assert!(has(&c, idx::CONFIGMAPS, "pre", "user-notes"));
+    assert!(!has(&c, idx::SECRETS, "pre", "kubeconfig"));
+    assert!(!has(&c, idx::RCS, "pre", "hollow-node"));
+    assert_eq!(c.external.store().list(idx::PODS, Some("pre")).0.len(), 0);
+
+    // The cluster's own namespaces are never a target, for deploy or destroy.
+    for ns in ["kube-system", "default", "kube-public", "kube-node-lease"] {
+        let run = c.deploy(&["--namespace", ns, "--replicas", "1"]).await;
+        run.assert_code(2);
+        assert!(
+            run.stderr.contains("one of the cluster's own namespaces"),
+            "{ns}: {}",
+            run.stderr
+        );
+        let run = c.run(&["destroy"], &["--namespace", ns]).await;
+        run.assert_code(2);
+    }
+    assert!(!has(&c, idx::RCS, "kube-system", "hollow-node"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_namespace_deploy_created_is_kept_while_it_holds_what_deploy_did_not_make() {
+    let c = Clusters::default().await;
+    let run = c.deploy(&["--replicas", "2"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("created namespace kubemark"),
+        "{}",
+        run.stderr
+    );
+    // Somebody else puts something in it.
+    kubectl(
+        &c,
+        &[
+            "-n",
+            "kubemark",
+            "create",
+            "configmap",
+            "notes",
+            "--from-literal=a=b",
+        ],
+    );
+    let run = c.run(&["destroy"], &[]).await;
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains(
+            "left: namespace kubemark: kept, deploy created it, but it holds what deploy did not make"
+        ) && run.stdout.contains("left: ConfigMap kubemark/notes"),
+        "{}",
+        run.stdout
+    );
+    assert!(has(&c, idx::CONFIGMAPS, "kubemark", "notes"));
+    assert!(has(&c, idx::NAMESPACES, "", "kubemark"));
+    assert!(!has(&c, idx::RCS, "kubemark", "hollow-node"));
+    assert_eq!(c.master_nodes(), (0, 0));
+    // Once it holds only what the cluster puts in every namespace, it goes.
+    kubectl(&c, &["-n", "kubemark", "delete", "configmap", "notes"]);
+    let run = c.run(&["destroy"], &[]).await;
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("1 configmap(s), the namespace")
+            || run.stdout.contains("the namespace"),
+        "{}",
+        run.stdout
+    );
+    assert!(!has(&c, idx::NAMESPACES, "", "kubemark"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_with_our_names_that_are_not_ours_are_refused_unless_adopted() {
+    let c = Clusters::default().await;
+    kubectl(&c, &["create", "namespace", "shared"]);
+    kubectl(
+        &c,
+        &[
+            "-n",
+            "shared",
+            "create",
+            "secret",
+            "generic",
+            "kubeconfig",
+            "--from-literal=pw=mine",
+        ],
+    );
+    let before = c
+        .external
+        .store()
+        .get(idx::SECRETS, "shared", "kubeconfig")
+        .unwrap();
+    let run = c
+        .deploy(&["--namespace", "shared", "--replicas", "2"])
+        .await;
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("already exist in namespace shared and are not deploy's")
+            && run
+                .stderr
+                .contains("Secret shared/kubeconfig (managed by kubectl-create)")
+            && run.stderr.contains("--adopt"),
+        "{}",
+        run.stderr
+    );
+    let after = c
+        .external
+        .store()
+        .get(idx::SECRETS, "shared", "kubeconfig")
+        .unwrap();
+    assert_eq!(before.rv, after.rv, "the user's secret is untouched");
+    assert!(
+        !has(&c, idx::RCS, "shared", "hollow-node"),
+        "nothing written"
+    );
+
+    let run = c
+        .deploy(&["--namespace", "shared", "--replicas", "2", "--adopt"])
+        .await;
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("taking over Secret shared/kubeconfig"),
+        "{}",
+        run.stderr
+    );
+    let run = c.run(&["destroy"], &["--namespace", "shared"]).await;
+    run.assert_code(0);
+    assert!(
+        !has(&c, idx::SECRETS, "shared", "kubeconfig"),
+        "adopted: deploy's now"
+    );
+    assert!(
+        has(&c, idx::NAMESPACES, "", "shared"),
+        "the namespace was not deploy's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn destroy_retries_broken_watches_and_names_the_side_when_time_runs_out() {
+    let c = Clusters::start(|_| {}, |m| m.faults.watch_max_events = Some(1)).await;
+    c.deploy(&["--replicas", "2"]).await.assert_code(0);
+    // One hollow node cannot go yet (a finalizer of somebody's), and every
+    // watch of nodes on the master fails.
+    let (nodes, _) = c.master.store().list(idx::NODES, None);
+    let held = kubemark_sim::meta::name(&nodes[0].value).to_owned();
+    c.master
+        .store()
+        .modify(idx::NODES, "", &held, None, |v| {
+            v["metadata"]["finalizers"] = serde_json::json!(["example.com/hold"]);
+            Ok(())
+        })
+        .unwrap();
+    let watch_fails = kubemark_sim::Faults::parse_errors("watch:nodes:500:1").unwrap();
+    c.master.shared().injector.set_errors(watch_fails);
+    let run = c.run(&["destroy"], &["--timeout", "6s"]).await;
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("the kubemark master failed while waiting for the hollow nodes of namespace kubemark to go")
+            && run.stderr.contains(&held)
+            && run.stderr.contains("the last watch error")
+            && run.stderr.contains("(500)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("destroyed"), "{}", run.stdout);
+
+    // Watches that fail half the time and streams cut after every event: the
+    // wait goes on through them and ends when the node is really gone.
+    let flaky =
+        kubemark_sim::Faults::parse_errors("watch:nodes:500:0.5,watch:pods:500:0.5").unwrap();
+    c.master.shared().injector.set_errors(flaky);
+    let shared = Arc::clone(c.master.shared());
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        shared
+            .store
+            .modify(idx::NODES, "", &held, None, |v| {
+                v["metadata"]["finalizers"] = serde_json::json!([]);
+                Ok(())
+            })
+            .unwrap();
+    });
+    let run = c.run(&["destroy"], &["--timeout", "60s"]).await;
+    release.await.unwrap();
+    run.assert_code(0);
+    assert_eq!(c.master_nodes(), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn destroy_deletes_nothing_unless_both_clusters_answer_and_allow_it() {
+    // The external cluster does not let this user delete namespaces.
+    let mut c = Clusters::start(
+        |e| e.deny = vec![("delete".into(), "namespaces".into())],
+        |_| {},
+    )
+    .await;
+    c.deploy(&["--replicas", "2"]).await.assert_code(0);
+    let run = c.run(&["destroy"], &[]).await;
+    run.assert_code(1);
+    assert!(
+        run.stderr
+            .contains("the external cluster does not allow what deploy needs: delete namespaces"),
+        "{}",
+        run.stderr
+    );
+    assert!(has(&c, idx::RCS, "kubemark", "hollow-node"));
+    assert!(has(&c, idx::SECRETS, "kubemark", "kubeconfig"));
+
+    // The master is down: nothing on the external side is touched either.
+    c.master.shutdown();
+    let run = c.run(&["destroy"], &[]).await;
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("cannot reach the kubemark master"),
+        "{}",
+        run.stderr
+    );
+    assert!(has(&c, idx::RCS, "kubemark", "hollow-node"));
+    assert!(has(&c, idx::SECRETS, "kubemark", "kubeconfig"));
+    assert!(has(&c, idx::NAMESPACES, "", "kubemark"));
+    assert_eq!(c.external_pods(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dry_run_checks_both_clusters_and_writes_nothing() {
+    let c = Clusters::default().await;
+    let run = c.deploy(&["--replicas", "3", "--dry-run"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("kind: ReplicationController")
+            && run
+                .stdout
+                .contains("dry run: both clusters checked, nothing written"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("certificate-authority-data"),
+        "secrets redacted"
+    );
+    assert!(run.stderr.contains("room for"), "{}", run.stderr);
+    assert!(!has(&c, idx::NAMESPACES, "", "kubemark"));
+    // It checks for real: a cluster that refuses is an error, as in deploy.
+    let c = Clusters::start(
+        |e| e.deny = vec![("patch".into(), "secrets".into())],
+        |_| {},
+    )
+    .await;
+    let run = c.deploy(&["--replicas", "3", "--dry-run"]).await;
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("patch secrets in kubemark"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `deploy render` with the master kubeconfig of `MASTER_KUBECONFIG` (server
+/// replaced by `server`) and `extra`: checks everything, touches no cluster.
+fn render_with(env: &Env, server: &str, extra: &[&str]) -> Run {
+    let master = env.path("master.kubeconfig");
+    std::fs::write(
+        &master,
+        MASTER_KUBECONFIG.replace("https://10.1.2.3:6443", server),
+    )
+    .unwrap();
+    let mut args = vec![
+        "deploy",
+        "render",
+        "--master-kubeconfig",
+        master.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    env.xtask(&args)
+}
+
+#[test]
+fn every_image_reference_is_checked_by_the_one_grammar_and_kept_as_given() {
+    let env = Env::new();
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let long_tag = format!("r.io/kubemark:{}", "a".repeat(200));
+    for (image, expect) in [
+        ("Reg Istry/UP/kubemark:v1", "contains ' '"),
+        (
+            "r.io/UP/kubemark:v1",
+            "`UP` must start and end with a lowercase letter",
+        ),
+        ("http://r.io/kubemark:v1", "it is a URL"),
+        ("r.io:99999/kubemark:v1", "port `99999`"),
+        ("r.io/kubemark:-bad", "the tag `-bad` starts with `-`"),
+        (long_tag.as_str(), "is 200 characters long"),
+        (
+            "r.io/kubemark@sha256:abc",
+            "is not `sha256:` followed by 64",
+        ),
+    ] {
+        let run = render_with(
+            &env,
+            "https://10.1.2.3:6443",
+            &["--replicas", "1", "--image", image],
+        );
+        assert_eq!(run.code, 2, "{image}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("--image: invalid image reference") && run.stderr.contains(expect),
+            "{image}: expected {expect:?} in {}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{image}: nothing rendered");
+    }
+    // The registry and tag flags go through the same grammar.
+    let run = render_with(
+        &env,
+        "https://10.1.2.3:6443",
+        &["--replicas", "1", "--registry", "http://x", "--tag", "v1"],
+    );
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("give it without the scheme (`http://`), e.g. `x`"),
+        "{}",
+        run.stderr
+    );
+    // A digest-only reference stays as given; a tag and digest too.
+    for image in [
+        format!("r.io/kubemark@{digest}"),
+        format!("r.io/p/kubemark:v1.33.0@{digest}"),
+    ] {
+        let run = render_with(
+            &env,
+            "https://10.1.2.3:6443",
+            &["--replicas", "1", "--image", &image],
+        );
+        run.assert_code(0);
+        assert!(
+            run.stdout.contains(&format!("image: {image}\n")) && !run.stdout.contains("latest@"),
+            "{image}: {}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn every_spelling_of_a_loopback_master_is_refused_with_the_address_it_stands_for() {
+    let env = Env::new();
+    for (host, means) in [
+        ("LOCALHOST", "127.0.0.1"),
+        ("localhost.", "127.0.0.1"),
+        ("0.0.0.0", "0.0.0.0"),
+        ("[::]", "::"),
+        ("[::ffff:127.0.0.1]", "::ffff:127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+    ] {
+        let run = render_with(
+            &env,
+            &format!("https://{host}:6443"),
+            &["--replicas", "1", "--image", "r.io/kubemark:v1"],
+        );
+        assert_eq!(run.code, 2, "{host}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!(
+                "is this machine: {}",
+                host.trim_start_matches('[').trim_end_matches(']')
+            )) && run.stderr.contains(means),
+            "{host}: {}",
+            run.stderr
+        );
+        // Allowed on purpose, it renders (pods on the host network).
+        let run = render_with(
+            &env,
+            &format!("https://{host}:6443"),
+            &[
+                "--replicas",
+                "1",
+                "--image",
+                "r.io/kubemark:v1",
+                "--allow-loopback-master",
+            ],
+        );
+        assert_eq!(run.code, 0, "{host}: {}", run.stderr);
+    }
+}
+
+#[test]
+fn flags_in_the_environment_are_named_as_the_environment() {
+    let mut env = Env::new();
+    env.set("KUBEMARK_REPLICAS", "abc");
+    let run = render_with(
+        &env,
+        "https://10.1.2.3:6443",
+        &["--image", "r.io/kubemark:v1"],
+    );
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("KUBEMARK_REPLICAS `abc` is not a number of hollow nodes"),
+        "{}",
+        run.stderr
+    );
+    let mut env = Env::new();
+    env.set("KUBEMARK_IMAGE", "r.io/kubemark:-x");
+    env.set("KUBEMARK_REPLICAS", "2");
+    let run = render_with(&env, "https://10.1.2.3:6443", &[]);
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("KUBEMARK_IMAGE: invalid image reference"),
+        "{}",
+        run.stderr
+    );
+    let env = Env::new();
+    std::fs::write(env.path("kubemark.toml"), "[deploy]\ntimeout = \"0\"\n").unwrap();
+    let run = render_with(
+        &env,
+        "https://10.1.2.3:6443",
+        &["--replicas", "1", "--image", "r.io/kubemark:v1"],
+    );
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("timeout under [deploy] in")
+            && run.stderr.contains("a timeout of zero"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_huge_replica_count_grows_in_bursts_while_the_simulator_keeps_serving() {
+    let c = Clusters::start(|e| e.workers = 1, |_| {}).await;
+    let run = c
+        .deploy(&[
+            "--replicas",
+            "100000000",
+            "--skip-capacity-check",
+            "--no-wait",
+        ])
+        .await;
+    run.assert_code(0);
+    // The controller starts, and works through the replicas in bursts...
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.external_pods() < 2 * 500 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...while the API answers.
+    let started = std::time::Instant::now();
+    let status = c.run(&["status"], &["--output", "json"]).await;
+    status.assert_code(0);
+    assert_eq!(status.json()["wanted"].as_i64(), Some(100_000_000));
+    let answered = started.elapsed();
+    let made = c.external_pods();
+    assert!(
+        (1000..100_000_000).contains(&made),
+        "pods are made in bursts, not all at once: {made}"
+    );
+    // destroy stops it, and everything goes.
+    let run = c.run(&["destroy"], &["--timeout", "120s"]).await;
+    run.assert_code(0);
+    assert_eq!(c.external_pods(), 0, "{}", run.stdout);
+    eprintln!("status answered after {answered:?} with {made} pods made");
 }
