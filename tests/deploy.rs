@@ -1473,6 +1473,29 @@ fn every_spelling_of_a_loopback_master_is_refused_with_the_address_it_stands_for
 }
 
 #[test]
+fn a_master_kubeconfig_of_the_wrong_shape_is_said_as_such() {
+    let env = Env::new();
+    let master = env.path("master.kubeconfig");
+    std::fs::write(&master, "apiVersion: v1\nkind: Config\nclusters: 42\n").unwrap();
+    let run = env.xtask(&[
+        "deploy",
+        "render",
+        "--master-kubeconfig",
+        master.to_str().unwrap(),
+        "--replicas",
+        "1",
+        "--image",
+        "r.io/kubemark:v1",
+    ]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("`clusters: 42` is not a list"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn flags_in_the_environment_are_named_as_the_environment() {
     let mut env = Env::new();
     env.set("KUBEMARK_REPLICAS", "abc");
@@ -1548,4 +1571,91 @@ async fn a_huge_replica_count_grows_in_bursts_while_the_simulator_keeps_serving(
     run.assert_code(0);
     assert_eq!(c.external_pods(), 0, "{}", run.stdout);
     eprintln!("status answered after {answered:?} with {made} pods made");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_that_does_not_answer_says_why_and_what_to_do() {
+    let c = Clusters::default().await;
+    let text = std::fs::read_to_string(&c.external.kubeconfig).unwrap();
+    let url = c.external.url.clone();
+    let closed = format!(
+        "https://127.0.0.1:{}",
+        kubemark_testbed::free_port().unwrap()
+    );
+    let other_ca = |t: &str| {
+        let ours = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("certificate-authority-data:"))
+            .unwrap()
+            .to_owned();
+        let theirs = std::fs::read_to_string(&c.master.kubeconfig)
+            .unwrap()
+            .lines()
+            .find(|l| l.trim_start().starts_with("certificate-authority-data:"))
+            .unwrap()
+            .to_owned();
+        t.replace(&ours, &theirs)
+    };
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "closed port",
+            text.replace(&url, &closed),
+            "cannot reach the external cluster",
+            "nothing answers there",
+        ),
+        (
+            "another CA",
+            other_ca(&text),
+            "cannot reach the external cluster",
+            "not signed by the certificate-authority in its kubeconfig",
+        ),
+        (
+            "wrong token",
+            text.replace(&c.external.token, "not-the-token"),
+            "(401)",
+            "refused the credentials (401)",
+        ),
+        (
+            "clusters: 42",
+            "apiVersion: v1\nkind: Config\nclusters: 42\n".to_owned(),
+            "cannot read the external cluster's kubeconfig",
+            "`clusters: 42` is not a list",
+        ),
+    ];
+    for (name, kubeconfig, message, hint) in cases {
+        let file = c
+            .env
+            .path(&format!("{}.kubeconfig", name.replace([' ', ':'], "-")));
+        std::fs::write(&file, kubeconfig).unwrap();
+        let mut args = c.args(&[], &["--replicas", "2", "--image", "r.io/kubemark:v1"]);
+        let i = args
+            .iter()
+            .position(|a| a == "--external-kubeconfig")
+            .unwrap();
+        args[i + 1] = file.display().to_string();
+        let env = Arc::clone(&c.env);
+        let started = std::time::Instant::now();
+        let run = tokio::task::spawn_blocking(move || {
+            env.xtask(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap();
+        let took = started.elapsed();
+        assert_ne!(run.code, 0, "{name}");
+        assert!(
+            run.stderr.contains(message) && run.stderr.contains(hint),
+            "{name}: expected {message:?} and {hint:?} in {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("ERROR") && !run.stderr.contains('\u{1b}'),
+            "{name}: no raw log lines, no colour off a terminal: {}",
+            run.stderr
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "{name}: a refusal is not retried for seconds ({took:?})"
+        );
+        assert!(!has(&c, idx::NAMESPACES, "", "kubemark"));
+    }
 }

@@ -157,6 +157,7 @@ impl Error {
         matches!(
             self,
             Error::Usage(_)
+                | Error::Kubeconfig { .. }
                 | Error::MasterKubeconfig { .. }
                 | Error::Undefined { .. }
                 | Error::Template { .. }

@@ -55,6 +55,42 @@ impl Source {
     }
 }
 
+/// The lists a kubeconfig holds must be lists of named entries: `clusters: 42`
+/// is said as such, not as a missing context further on.
+fn check_shape(text: &str) -> std::result::Result<(), String> {
+    let doc: Value = serde_yaml::from_str(text).map_err(|e| format!("it is not YAML: {e}"))?;
+    if !doc.is_object() {
+        return Err(
+            "it is not a kubeconfig (a YAML mapping with clusters, users and contexts)".into(),
+        );
+    }
+    for (list, entry) in [
+        ("clusters", "cluster"),
+        ("users", "user"),
+        ("contexts", "context"),
+    ] {
+        match doc.get(list) {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                if let Some(bad) = items
+                    .iter()
+                    .find(|i| i.get("name").and_then(Value::as_str).is_none())
+                {
+                    return Err(format!(
+                        "an entry of `{list}` has no name: {bad}; each is `- name: NAME` with `{entry}:` under it"
+                    ));
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "`{list}: {other}` is not a list; `{list}` holds entries `- name: NAME` with `{entry}:` under each"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A client for one side, as the tool's own client (plugins allowed).
 pub async fn connect(side: Side, source: &Source) -> Result<Cluster> {
     let path = source.file().ok_or_else(|| {
@@ -67,6 +103,8 @@ pub async fn connect(side: Side, source: &Source) -> Result<Cluster> {
         path: path.clone(),
         reason,
     };
+    let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
+    check_shape(&text).map_err(fail)?;
     let kubeconfig = Kubeconfig::read_from(&path).map_err(|e| fail(e.to_string()))?;
     let context = match &source.context {
         Some(c) => c.clone(),
@@ -164,6 +202,7 @@ pub fn for_pods(source: &Source, allow_loopback: bool) -> Result<PodKubeconfig> 
         reason,
     };
     let text = std::fs::read_to_string(&path).map_err(|e| read_err(e.to_string()))?;
+    check_shape(&text).map_err(read_err)?;
     let doc: Value = serde_yaml::from_str(&text).map_err(|e| read_err(format!("not YAML: {e}")))?;
     let dir = path.parent().map(Path::to_owned).unwrap_or_default();
     let context_name = match &source.context {
