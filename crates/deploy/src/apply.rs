@@ -17,17 +17,30 @@ use crate::plan::{CREATED_BY, Manifest, Plan};
 /// The field manager of everything deploy applies.
 pub const FIELD_MANAGER: &str = "kubemark-deploy";
 
-async fn apply<K>(api: Api<K>, m: &Manifest, events: &Events) -> Result<()>
+async fn apply<K>(api: Api<K>, m: &Manifest, adopt: bool, events: &Events) -> Result<()>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let before = crate::retry::call(|| api.get_opt(&m.name))
+    let existing = crate::retry::call(|| api.get_opt(&m.name))
         .await
         .map_err(Error::api(
             Side::External,
             format!("reading {} {}", m.kind, m.name),
-        ))?
-        .and_then(|o| o.meta().resource_version.clone());
+        ))?;
+    // The preflight checked this; somebody may have made it since.
+    if let Some(o) = existing.as_ref().filter(|o| !adopt && !managed_by_us(*o)) {
+        return Err(Error::Refused {
+            what: format!(
+                "{} {} appeared after the preflight and is not deploy's ({})",
+                m.kind,
+                m.name,
+                managers(o)
+            ),
+            details: Vec::new(),
+            hint: "nothing of it was changed: move it away, or pass --adopt to take it over".into(),
+        });
+    }
+    let before = existing.and_then(|o| o.meta().resource_version.clone());
     // Force: deploy's plan wins over fields another manager (`kubectl scale`) set since.
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let patch = Patch::Apply(&m.value);
@@ -153,13 +166,19 @@ async fn ensure_namespace(client: &Client, m: &Manifest, events: &Events) -> Res
 }
 
 /// Apply every manifest of the plan.
-pub async fn run(client: &Client, namespace: &str, plan: &Plan, events: &Events) -> Result<()> {
+pub async fn run(
+    client: &Client,
+    namespace: &str,
+    plan: &Plan,
+    adopt: bool,
+    events: &Events,
+) -> Result<()> {
     ensure_namespace(client, &plan.namespace, events).await?;
     for m in &plan.configmaps {
-        apply::<ConfigMap>(namespaced(client, namespace), m, events).await?;
+        apply::<ConfigMap>(namespaced(client, namespace), m, adopt, events).await?;
     }
     for m in &plan.secrets {
-        apply::<Secret>(namespaced(client, namespace), m, events).await?;
+        apply::<Secret>(namespaced(client, namespace), m, adopt, events).await?;
     }
-    apply::<ReplicationController>(namespaced(client, namespace), &plan.rc, events).await
+    apply::<ReplicationController>(namespaced(client, namespace), &plan.rc, adopt, events).await
 }

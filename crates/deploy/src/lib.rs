@@ -110,7 +110,7 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &Cancel) -> Result<Out
             spec.replicas, plan.template_name, spec.namespace
         ),
     );
-    apply::run(&external.client, &spec.namespace, &plan, events).await?;
+    apply::run(&external.client, &spec.namespace, &plan, spec.adopt, events).await?;
     let summary = if spec.wait {
         events.stage(
             "wait",
