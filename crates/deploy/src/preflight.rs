@@ -3,7 +3,9 @@
 //! (SelfSubjectAccessReview), and the external cluster has room for the pods.
 
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ReplicationController, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, Node, Pod, ReplicationController, ResourceQuota, Secret,
+};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -159,7 +161,7 @@ where
 
 /// The namespace: not on its way out; and no object with the plan's names
 /// that deploy did not make, unless `--adopt` says to take it over.
-async fn ownership(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events) -> Result<()> {
+async fn ownership(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events) -> Result<bool> {
     let ns_api: Api<Namespace> = Api::all(external.client.clone());
     let ns = crate::retry::call(|| ns_api.get_opt(&spec.namespace))
         .await
@@ -182,7 +184,7 @@ async fn ownership(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events
         _ => {}
     }
     if ns.is_none() {
-        return Ok(());
+        return Ok(false);
     }
     let (client, ns) = (&external.client, spec.namespace.as_str());
     let mut foreign = Vec::new();
@@ -195,7 +197,7 @@ async fn ownership(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events
     let rcs = Api::<ReplicationController>::namespaced(client.clone(), ns);
     foreign.extend(not_ours(rcs, &plan.rc).await?);
     if foreign.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     if spec.adopt {
         for f in &foreign {
@@ -203,7 +205,7 @@ async fn ownership(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events
                 "taking over {f} (--adopt): deploy overwrites it, and destroy will delete it"
             ));
         }
-        return Ok(());
+        return Ok(true);
     }
     Err(Error::Refused {
         what: format!(
@@ -213,6 +215,133 @@ async fn ownership(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events
         ),
         details: foreign,
         hint: "nothing was changed. Deploy into another --namespace, or move those objects away, or pass --adopt to take them over (deploy then overwrites them and destroy deletes them)".into(),
+    })
+}
+
+/// One hollow-node pod as the RC would create it, sent with `dryRun=All`: the
+/// external cluster's admission (PodSecurity, LimitRanger, ResourceQuota,
+/// webhooks) judges it, and nothing is stored. Only for a namespace that exists
+/// (a new one has no policy of its own) and a user who may create pods.
+async fn admission(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events) -> Result<()> {
+    match may(external, "create", "", "pods", "", Some(&spec.namespace)).await? {
+        Some(true) => {}
+        _ => {
+            events.note(format!(
+                "the external cluster's admission was not asked about the hollow-node pods (this user may not create pods in {}): a policy that rejects them shows as FailedCreate while waiting",
+                spec.namespace
+            ));
+            return Ok(());
+        }
+    }
+    let template = plan
+        .rc
+        .value
+        .pointer("/spec/template")
+        .cloned()
+        .unwrap_or_default();
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": template.get("metadata").cloned().unwrap_or_else(|| json!({})),
+        "spec": template.get("spec").cloned().unwrap_or_default(),
+    });
+    pod["metadata"]["name"] = json!(format!("{}-preflight", plan.rc.name));
+    pod["metadata"]["namespace"] = json!(spec.namespace);
+    // The RC fills $(NODE_NAME) from the pod's name; nothing else differs.
+    let pod: Pod =
+        serde_json::from_value(pod).map_err(|e| Error::Usage(format!("the pod template: {e}")))?;
+    let api: Api<Pod> = Api::namespaced(external.client.clone(), &spec.namespace);
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some(crate::apply::FIELD_MANAGER.into()),
+    };
+    match crate::retry::call(|| api.create(&params, &pod)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 422) => {
+            let message = s.message.clone();
+            let hint = if message.contains("PodSecurity") {
+                format!(
+                    "the hollow-node template is privileged (its init container raises the inotify limits; the hollow kubelet mounts host paths): deploy into a namespace whose Pod Security level allows it, e.g. `kubectl label namespace {ns} pod-security.kubernetes.io/enforce=privileged --overwrite`, or leave --namespace to one deploy creates",
+                    ns = spec.namespace
+                )
+            } else if message.contains("quota") {
+                "raise the namespace's ResourceQuota, or lower the requests (--kubelet-cpu, --kubelet-memory, --proxy-cpu, --proxy-memory)".to_owned()
+            } else if message.contains("LimitRange")
+                || message.contains("maximum")
+                || message.contains("minimum")
+            {
+                "the namespace's LimitRange does not allow the hollow-node pod's resources: change the requests (--kubelet-cpu, --proxy-memory, ...) to fit it, or deploy into another --namespace".to_owned()
+            } else {
+                "the external cluster's admission refuses the pod: change the template or the namespace's policies".to_owned()
+            };
+            Err(Error::Refused {
+                what: format!(
+                    "the external cluster would reject the hollow-node pods in namespace {}",
+                    spec.namespace
+                ),
+                details: vec![format!("{message} ({})", s.code)],
+                hint,
+            })
+        }
+        Err(e) => Err(Error::api(
+            Side::External,
+            "asking admission about a hollow-node pod (dry run)",
+        )(e)),
+    }
+}
+
+/// The namespace's ResourceQuotas against N pods: each quota's room (hard
+/// minus used, as the quota controller counts) for `pods`, `requests.cpu` and
+/// `requests.memory`, less what our pods already hold.
+async fn quotas(spec: &Spec, plan: &Plan, external: &Cluster, existing: u64) -> Result<()> {
+    let api: Api<ResourceQuota> = Api::namespaced(external.client.clone(), &spec.namespace);
+    let all = ListParams::default();
+    let list = match crate::retry::call(|| api.list(&all)).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(s)) if matches!(s.code, 403 | 404) => return Ok(()),
+        Err(e) => return Err(Error::api(Side::External, "listing ResourceQuotas")(e)),
+    };
+    let needed = u64::from(spec.replicas).saturating_sub(existing) as f64;
+    let (cpu, mem) = plan.pod_requests;
+    let mut short = Vec::new();
+    for q in &list {
+        let status = q.status.clone().unwrap_or_default();
+        let hard = status.hard.unwrap_or_default();
+        let used = status.used.unwrap_or_default();
+        for (key, per_pod) in [
+            ("pods", 1.0),
+            ("count/pods", 1.0),
+            ("requests.cpu", cpu as f64 / 1000.0),
+            ("cpu", cpu as f64 / 1000.0),
+            ("requests.memory", mem as f64),
+            ("memory", mem as f64),
+        ] {
+            let Some(h) = hard.get(key) else { continue };
+            let h = quantity(&h.0);
+            let u = used.get(key).map_or(0.0, |u| quantity(&u.0));
+            let room = (h - u).max(0.0);
+            if per_pod > 0.0 && room < needed * per_pod {
+                short.push(format!(
+                    "ResourceQuota {}: {key} has room for {} more hollow-node pod(s) ({} of {} used), {} needed",
+                    q.name_any(),
+                    (room / per_pod).floor(),
+                    used.get(key).map_or("0", |u| u.0.as_str()),
+                    hard.get(key).map_or("?", |h| h.0.as_str()),
+                    needed
+                ));
+            }
+        }
+    }
+    if short.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused {
+        what: format!(
+            "the ResourceQuota of namespace {} is too small for {} hollow-node pods",
+            spec.namespace, spec.replicas
+        ),
+        details: short,
+        hint: "raise the quota, lower --replicas or the requests (--kubelet-cpu, ...), or deploy into another --namespace".into(),
     })
 }
 
@@ -410,13 +539,17 @@ pub async fn run(
         events,
     )
     .await?;
-    ownership(spec, plan, external, events).await?;
+    let namespace_exists = ownership(spec, plan, external, events).await?;
     for name in &plan.foreign_configmaps {
         events.warn(format!(
             "the template mounts the configmap `{name}`, which deploy does not create"
         ));
     }
     let (fits, details, existing) = capacity(external, spec, plan).await?;
+    if namespace_exists {
+        admission(spec, plan, external, events).await?;
+        quotas(spec, plan, external, existing).await?;
+    }
     let needed = u64::from(spec.replicas).saturating_sub(existing);
     if fits < needed {
         if spec.skip_capacity_check {
