@@ -794,6 +794,112 @@ fn ctrl_c_stops_the_run_with_130_and_records_nothing() {
 }
 
 #[test]
+fn one_run_at_a_time_per_checkout_whatever_the_state_directory() {
+    let registry = Registry::start();
+    let upstream = Upstream::new();
+    upstream.fixture.tag("v1.0.0").unwrap();
+    // A slow build, so that the second run comes while the first one holds the checkout.
+    upstream
+        .fixture
+        .write(
+            "Makefile",
+            "all:\n\t@echo building slowly\n\tsleep 4\n\tmkdir -p _output/bin\n\tgcc -static -Os -o _output/bin/kubemark cmd/kubemark/main.c\n",
+        )
+        .unwrap();
+    upstream.fixture.set_version("2").unwrap();
+    let head = upstream.fixture.commit("version 2, built slowly").unwrap();
+    let (first, second) = (Env::new(), Env::new());
+    assert_ne!(first.state(), second.state());
+    let src = first.path("src/kubernetes");
+    let url = upstream.url();
+    let run_args = |tag: &'static str, git_ref: &'static str| {
+        vec![
+            "image".to_owned(),
+            "--tag".into(),
+            tag.into(),
+            "--registry".into(),
+            registry.addr.clone(),
+            "--kubernetes-repo".into(),
+            url.clone(),
+            "--source-dir".into(),
+            src.to_str().unwrap().into(),
+            "--ref".into(),
+            git_ref.into(),
+        ]
+    };
+    let image_a = format!("{}/kubemark:a", registry.addr);
+    let _cleanup = docker::Cleanup(vec![
+        image_a.clone(),
+        format!("{}/kubemark:b", registry.addr),
+    ]);
+
+    let args_a = run_args("a", "master");
+    let mut a = first.spawn(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = a.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let line = line.unwrap();
+            if line.starts_with("==> make") {
+                let _ = tx.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the first run gets to make");
+
+    // Another state directory, the same checkout, another ref: refused at once.
+    let started = std::time::Instant::now();
+    let args_b = run_args("b", "v1.0.0");
+    let b = second.xtask(&args_b.iter().map(String::as_str).collect::<Vec<_>>());
+    b.assert_code(1);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "refused at once, not after waiting: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        b.stderr.contains(&format!(
+            "another run (pid {}) is using the kubernetes checkout {}",
+            a.id(),
+            src.display()
+        )),
+        "{}",
+        b.stderr
+    );
+    assert!(b.stderr.contains("--source-dir"), "the hint: {}", b.stderr);
+    assert!(!second.state().join("image.json").exists());
+
+    // The first run is not disturbed: its commit, its binary, under its label.
+    let status = a.wait().unwrap();
+    let seen = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{seen}");
+    assert_eq!(first.record()["commit"], head.as_str());
+    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), head);
+    assert_eq!(
+        registry.digest("kubemark", "b"),
+        None,
+        "the second run pushed nothing"
+    );
+    docker::rmi(&image_a);
+    docker::pull(&image_a);
+    assert_eq!(
+        docker::labels(&image_a)["org.opencontainers.image.revision"],
+        head
+    );
+    assert_eq!(docker::run(&image_a, None, &[]), "kubemark fixture 2");
+
+    // Once it is done, the checkout is free again.
+    let b = second.xtask(&args_b.iter().map(String::as_str).collect::<Vec<_>>());
+    b.assert_code(0);
+    assert_eq!(second.record()["version"], "v1.0.0");
+}
+
+#[test]
 fn an_unreachable_engine_is_explained_before_anything_changes() {
     let upstream = Upstream::new();
     let mut env = Env::new();

@@ -449,6 +449,11 @@ fn failure(e: Error, spec: &Spec) -> Failure {
         Error::PushFailed { .. } => Some(format!("check that the credentials may push to {}", spec.image.name())),
         Error::Io { .. } => None,
         Error::Locked { .. } => None,
+        Error::CheckoutLocked { pid, .. } => Some(format!(
+            "two runs on one checkout would build each other's commits: wait for {} to finish, or pass \
+             --source-dir with another directory",
+            pid.map_or("it".to_owned(), |pid| format!("pid {pid}"))
+        )),
         Error::Cancelled => Some("nothing was recorded; run the same command again to continue".into()),
     };
     Failure {

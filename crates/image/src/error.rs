@@ -114,8 +114,20 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("another run holds the lock {}; wait for it to finish", path.display())]
-    Locked { path: PathBuf },
+    #[error("another run{} holds the lock {}; wait for it to finish", by(*pid), path.display())]
+    Locked { path: PathBuf, pid: Option<u32> },
+
+    /// Another run builds from the same checkout (whatever its state directory).
+    #[error(
+        "another run{} is using the kubernetes checkout {} (lock {}); wait for it to finish",
+        by(*pid), dir.display(), lock.display()
+    )]
+    CheckoutLocked {
+        dir: PathBuf,
+        lock: PathBuf,
+        /// The holder's process id, when it could be read from the lock file.
+        pid: Option<u32>,
+    },
 
     #[error("cancelled")]
     Cancelled,
@@ -155,6 +167,11 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// ` (pid N)` when the lock holder is known.
+fn by(pid: Option<u32>) -> String {
+    pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
+}
 
 /// Why a repository could not be reached, for the hint that fixes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! [`execute`] (source, make, image, push) → [`Outcome`] and a [`Record`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -89,6 +89,7 @@ pub struct Prepared {
     local: Local,
     resolved: Option<Resolved>,
     _lock: std::fs::File,
+    _checkout_lock: std::fs::File,
 }
 
 /// What a run did.
@@ -132,6 +133,9 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         events.warn("the tag `latest` is shared by every job that pushes it; jobs overwrite each other's image (kubernetes#59567): prefer a unique tag");
     }
     let lock = lock_state(&spec.state_dir)?;
+    // Held from before the clone or update until the push is done: another run on
+    // the same checkout (from another state directory) would move it mid-build.
+    let checkout_lock = lock_checkout(&spec.source.dir)?;
 
     let local = source::inspect(&spec.source.dir)?;
     let changes = match &local {
@@ -238,6 +242,7 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         local,
         resolved,
         _lock: lock,
+        _checkout_lock: checkout_lock,
     })
 }
 
@@ -245,18 +250,81 @@ fn make_log(spec: &Spec) -> PathBuf {
     spec.state_dir.join("make.log")
 }
 
-fn lock_state(state_dir: &std::path::Path) -> Result<std::fs::File> {
+/// One run at a time per state directory: `image.lock` in it.
+fn lock_state(state_dir: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(state_dir).map_err(Error::io("creating", state_dir))?;
     let path = state_dir.join("image.lock");
-    let file = std::fs::OpenOptions::new()
+    try_lock(&path)?.map_err(|pid| Error::Locked { path, pid })
+}
+
+/// One run at a time per checkout, whatever the state directory: the lock file
+/// `.<name>.kubemark.lock` beside it (not in it: that would be a local change),
+/// found through the checkout's real path so that every spelling of it meets.
+fn lock_checkout(dir: &Path) -> Result<std::fs::File> {
+    let lock = checkout_lock_path(dir)?;
+    try_lock(&lock)?.map_err(|pid| Error::CheckoutLocked {
+        dir: dir.to_owned(),
+        lock,
+        pid,
+    })
+}
+
+fn checkout_lock_path(dir: &Path) -> Result<PathBuf> {
+    let real = match dir.canonicalize() {
+        Ok(real) => real,
+        Err(_) => {
+            // Not there yet: its parent is made (as the clone would make it) and resolved.
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            std::fs::create_dir_all(parent).map_err(Error::io("creating", parent))?;
+            let parent = parent
+                .canonicalize()
+                .map_err(Error::io("resolving", parent))?;
+            match dir.file_name() {
+                Some(name) => parent.join(name),
+                None => parent,
+            }
+        }
+    };
+    match (real.parent(), real.file_name()) {
+        (Some(parent), Some(name)) => {
+            Ok(parent.join(format!(".{}.kubemark.lock", name.to_string_lossy())))
+        }
+        _ => Err(Error::Usage(format!(
+            "the source directory {} has no parent directory to hold its lock; pass --source-dir with a \
+             directory below /",
+            dir.display()
+        ))),
+    }
+}
+
+/// Take the lock on `path` without waiting and write this process's id in it;
+/// when another process holds it, `Err` with the id that process wrote, if any.
+fn try_lock(path: &Path) -> Result<std::result::Result<std::fs::File, Option<u32>>> {
+    use std::io::{Read, Seek, Write};
+    let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
-        .open(&path)
-        .map_err(Error::io("opening", &path))?;
+        .open(path)
+        .map_err(Error::io("opening", path))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked { path }),
+        Ok(()) => {
+            let pid = format!("{}\n", std::process::id());
+            file.set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| file.write_all(pid.as_bytes()))
+                .map_err(Error::io("writing", path))?;
+            Ok(Ok(file))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            Ok(Err(text.trim().parse().ok()))
+        }
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io("locking", path)(e)),
     }
 }
@@ -284,6 +352,7 @@ pub async fn execute(
         local,
         resolved,
         _lock,
+        _checkout_lock,
     } = prepared;
 
     // Source.
