@@ -1047,19 +1047,19 @@ fn bad_input_is_a_usage_error_and_changes_nothing() {
         (vec!["--tag", "v1"], "no registry given"),
         (
             vec!["--tag=-v1", "--registry", "127.0.0.1:5000"],
-            "starts with `-`",
+            "--tag `-v1`: the tag starts with `-`",
         ),
         (
             vec!["--tag", "v1/x", "--registry", "127.0.0.1:5000"],
-            "contains `/`",
+            "--tag `v1/x`: the tag contains `/`",
         ),
         (
             vec!["--tag", "v1", "--registry", "bad host:5000"],
-            "whitespace",
+            "--registry `bad host:5000`: invalid image reference `bad host:5000/kubemark:v1`: it contains ' '",
         ),
         (
             vec!["--tag", "v1", "--registry", "r.io:http"],
-            "port `http`",
+            "the registry port `http` is not a number",
         ),
         (
             vec!["--tag", "v1", "--no-push", "--base-image", "Not/A Ref"],
@@ -1089,6 +1089,80 @@ fn bad_input_is_a_usage_error_and_changes_nothing() {
     let run = env.xtask(&["image", "--tag", "v1"]);
     run.assert_code(2);
     assert!(run.stderr.contains("registri"), "{}", run.stderr);
+}
+
+#[test]
+fn a_registry_given_as_a_url_is_refused_naming_where_it_was_given() {
+    let mut env = Env::new();
+    let src = env.path("k");
+    let src = src.to_str().unwrap();
+    for extra in [&["--no-push"][..], &["--dry-run"][..], &[][..]] {
+        let args = [
+            &[
+                "image",
+                "--source-dir",
+                src,
+                "--registry",
+                "http://x",
+                "--tag",
+                "v1",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let run = env.xtask(&args);
+        run.assert_code(2);
+        assert!(
+            run.stderr
+                .contains("error: --registry `http://x` is a URL; a registry is host[:port][/path], without a scheme"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("drop `http://`: --registry x"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("is not a number"), "{}", run.stderr);
+    }
+    env.set("KUBEMARK_REGISTRY", "https://127.0.0.1:5000/team");
+    let run = env.xtask(&["image", "--source-dir", src, "--tag", "v1", "--dry-run"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("error: KUBEMARK_REGISTRY `https://127.0.0.1:5000/team` is a URL"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("drop `https://`: KUBEMARK_REGISTRY=127.0.0.1:5000/team"),
+        "{}",
+        run.stderr
+    );
+    env.vars.clear();
+    std::fs::write(
+        env.path("kubemark.toml"),
+        "[image]\nregistry = \"http://r.example\"\n",
+    )
+    .unwrap();
+    let run = env.xtask(&["image", "--source-dir", src, "--tag", "v1", "--dry-run"]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains(&format!(
+            "error: registry under [image] in {} `http://r.example` is a URL",
+            env.path("kubemark.toml").display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("drop `http://`: registry = \"r.example\""),
+        "{}",
+        run.stderr
+    );
+    assert!(!Path::new(src).exists());
 }
 
 #[test]

@@ -5,13 +5,14 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use clap::ArgMatches;
+use clap::parser::ValueSource;
 use kubemark_image::error::RemoteCause;
 use kubemark_image::{
     Cancel, Credentials, Error, ImageRef, Outcome, Plan, SourceSpec, Spec, Status,
 };
 
 use crate::Global;
-use crate::config::{explicit, switch};
+use crate::config::{Settings, explicit, origin, switch};
 use crate::progress::Renderer;
 use crate::report::{self, Failure};
 
@@ -97,7 +98,8 @@ pub fn run(args: Args, matches: &ArgMatches, global: &Global) -> Result<(), Fail
         (None, None) => Output::Text,
     };
     let json = output == Output::Json;
-    let spec = spec(args, matches, global).map_err(|f| f.json(json))?;
+    let given = Inputs::of(matches, &global.settings);
+    let spec = spec(args, matches, global, &given).map_err(|f| f.json(json))?;
     let (spec, dry_run) = spec;
 
     let renderer = Renderer::new(global.verbose);
@@ -153,6 +155,87 @@ enum Done {
     Outcome(Box<Outcome>),
 }
 
+/// How the user gave an input, for messages that name it as it was given.
+#[derive(Debug, Clone)]
+struct Given {
+    /// `--registry`, `KUBEMARK_REGISTRY`, or `registry under [image] in FILE`.
+    name: String,
+    flag: String,
+    env: &'static str,
+    source: Option<ValueSource>,
+}
+
+impl Given {
+    fn of(matches: &ArgMatches, id: &str, env: &'static str, settings: &Settings) -> Self {
+        Self {
+            name: origin(Some(matches), id, env, settings, "image"),
+            flag: id.replace('_', "-"),
+            env,
+            source: matches.try_get_raw(id).ok().and(matches.value_source(id)),
+        }
+    }
+
+    /// `value` written where the user wrote this input: `--registry VALUE`,
+    /// `KUBEMARK_REGISTRY=VALUE`, or `registry = "VALUE"` in the file.
+    fn with(&self, value: &str) -> String {
+        match self.source {
+            Some(ValueSource::EnvVariable) => format!("{}={value}", self.env),
+            Some(ValueSource::CommandLine) => format!("--{} {value}", self.flag),
+            _ if self.name.starts_with("--") => format!("--{} {value}", self.flag),
+            _ => format!("{} = \"{value}\"", self.flag),
+        }
+    }
+}
+
+/// The inputs errors name.
+#[derive(Debug, Clone)]
+struct Inputs {
+    tag: Given,
+    registry: Given,
+}
+
+impl Inputs {
+    fn of(matches: &ArgMatches, settings: &Settings) -> Self {
+        Self {
+            tag: Given::of(matches, "tag", "KUBEMARK_TAG", settings),
+            registry: Given::of(matches, "registry", "KUBEMARK_REGISTRY", settings),
+        }
+    }
+}
+
+/// The registry and tag the image is named from, each checked and named as given.
+fn image_ref(registry: &str, tag: &str, given: &Inputs) -> Result<ImageRef, Failure> {
+    if let Some((scheme, rest)) = registry.split_once("://") {
+        return Err(Failure::usage(
+            format!(
+                "{} `{registry}` is a URL; a registry is host[:port][/path], without a scheme",
+                given.registry.name
+            ),
+            format!(
+                "drop `{scheme}://`: {}. The engine reaches a registry on this machine over plain HTTP by itself, \
+                 any other over HTTPS (or plain HTTP when it is in the engine's insecure-registries)",
+                given.registry.with(rest.trim_end_matches('/'))
+            ),
+        ));
+    }
+    if let Err(reason) = kubemark_image::reference::check_tag(tag) {
+        return Err(Failure::usage(
+            format!("{} `{tag}`: the tag {reason}", given.tag.name),
+            format!("e.g. {}", given.tag.with("v1.32.0-1")),
+        ));
+    }
+    ImageRef::kubemark(registry, tag).map_err(|e| {
+        Failure::usage(
+            format!("{} `{registry}`: {e}", given.registry.name),
+            format!(
+                "a registry is host[:port][/path], e.g. {} or {}",
+                given.registry.with("127.0.0.1:5000"),
+                given.registry.with("gcr.io/my-project")
+            ),
+        )
+    })
+}
+
 pub fn default_source_dir() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -162,7 +245,12 @@ pub fn default_source_dir() -> PathBuf {
 }
 
 /// Layer flags over environment over file over defaults, and check the result.
-fn spec(args: Args, matches: &ArgMatches, global: &Global) -> Result<(Spec, bool), Failure> {
+fn spec(
+    args: Args,
+    matches: &ArgMatches,
+    global: &Global,
+    given: &Inputs,
+) -> Result<(Spec, bool), Failure> {
     let file = global.settings.image.clone();
     let settings_file = global
         .settings
@@ -190,12 +278,7 @@ fn spec(args: Args, matches: &ArgMatches, global: &Global) -> Result<(Spec, bool
             ));
         }
     };
-    let image = ImageRef::kubemark(&registry, &tag).map_err(|e| {
-        Failure::usage(
-            e.to_string(),
-            "--registry is a host[:port][/path] such as 127.0.0.1:5000 or gcr.io/my-project, and --tag is like v1.32.0-1",
-        )
-    })?;
+    let image = image_ref(&registry, &tag, given)?;
     let depth = args.depth.or(file.depth).unwrap_or(1);
     let username = args.registry_username.or(file.registry_username);
     let credentials = match username {
