@@ -259,6 +259,71 @@ fn a_local_path_works_as_the_repository() {
     assert!(docker::exists(&image));
 }
 
+#[test]
+fn a_local_repository_path_that_is_missing_or_not_a_repository_is_refused_first() {
+    let mut env = Env::new();
+    let src = env.path("k");
+    let tag = format!("r{}", support::free_port());
+    let not_a_repository = env.path("just-files");
+    std::fs::create_dir_all(&not_a_repository).unwrap();
+    std::fs::write(not_a_repository.join("README"), "not a repository\n").unwrap();
+    let a_file = not_a_repository.join("README");
+    let missing = "/nonexistent/kubernetes".to_owned();
+    let file_url = format!("file://{}", env.path("gone").display());
+    for (repo, problem) in [
+        (missing.as_str(), "no such directory"),
+        (file_url.as_str(), "no such directory"),
+        (not_a_repository.to_str().unwrap(), "not a git repository"),
+        (a_file.to_str().unwrap(), "a file, not a directory"),
+    ] {
+        for dry_run in [false, true] {
+            let mut args = build_from(repo, &src, &tag);
+            if dry_run {
+                args.push("--dry-run");
+            }
+            let run = env.xtask(&args);
+            run.assert_code(2);
+            assert!(
+                run.stderr
+                    .contains(&format!("error: --kubernetes-repo {repo}: {problem}")),
+                "{repo}: {}",
+                run.stderr
+            );
+            assert!(
+                run.stderr.contains("a kubernetes clone") && run.stderr.contains("URL"),
+                "the hint says what to give instead: {}",
+                run.stderr
+            );
+            assert!(
+                !run.stderr.contains("unsupported URL protocol"),
+                "{}",
+                run.stderr
+            );
+            assert!(!src.exists(), "nothing is cloned");
+            assert!(!env.state().join("image.json").exists());
+        }
+    }
+    // Named as it was given: the variable.
+    env.set("KUBEMARK_KUBERNETES_REPO", &missing);
+    let run = env.xtask(&[
+        "image",
+        "--no-push",
+        "--tag",
+        &tag,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains(&format!(
+            "error: KUBEMARK_KUBERNETES_REPO {missing}: no such directory"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(!src.exists());
+}
+
 /// `image --no-push` of `url` into `src` as `kubemark-test.local/kubemark:<tag>`.
 fn build_from<'a>(url: &'a str, src: &'a Path, tag: &'a str) -> Vec<&'a str> {
     vec![

@@ -146,7 +146,7 @@ pub fn run(args: Args, matches: &ArgMatches, global: &Global) -> Result<(), Fail
             print_outcome(&outcome, json);
             Ok(())
         }
-        Err(e) => Err(failure(e, &spec).json(json)),
+        Err(e) => Err(failure(e, &spec, &given).json(json)),
     }
 }
 
@@ -192,6 +192,7 @@ impl Given {
 struct Inputs {
     tag: Given,
     registry: Given,
+    kubernetes_repo: Given,
 }
 
 impl Inputs {
@@ -199,6 +200,12 @@ impl Inputs {
         Self {
             tag: Given::of(matches, "tag", "KUBEMARK_TAG", settings),
             registry: Given::of(matches, "registry", "KUBEMARK_REGISTRY", settings),
+            kubernetes_repo: Given::of(
+                matches,
+                "kubernetes_repo",
+                "KUBEMARK_KUBERNETES_REPO",
+                settings,
+            ),
         }
     }
 }
@@ -428,7 +435,7 @@ fn print_outcome(outcome: &Outcome, json: bool) {
 }
 
 /// The library's error, with what to do about it.
-fn failure(e: Error, spec: &Spec) -> Failure {
+fn failure(e: Error, spec: &Spec, given: &Inputs) -> Failure {
     let code = if matches!(e, Error::Cancelled) {
         report::INTERRUPTED
     } else if e.is_usage() {
@@ -438,6 +445,7 @@ fn failure(e: Error, spec: &Spec) -> Failure {
     };
     let registry = spec.image.registry.clone();
     let mut details = Vec::new();
+    let mut message = e.to_string();
     let hint: Option<String> = match &e {
         Error::Reference(_) => Some("e.g. --registry 127.0.0.1:5000 --tag v1.32.0-1".into()),
         Error::Usage(_) => None,
@@ -486,6 +494,14 @@ fn failure(e: Error, spec: &Spec) -> Failure {
             }
             RemoteCause::Other => "check --kubernetes-repo and the network".into(),
         }),
+        Error::LocalRepository { url, problem } => {
+            message = format!("{} {url}: {problem}", given.kubernetes_repo.name);
+            Some(format!(
+                "give the path of a kubernetes clone (`git clone https://github.com/kubernetes/kubernetes`), or a \
+                 URL: {} (https, ssh or git://)",
+                given.kubernetes_repo.with(UPSTREAM)
+            ))
+        }
         Error::RefNotFound { similar, .. } => {
             if !similar.is_empty() {
                 details.push(format!("similar names: {}", similar.join(", ")));
@@ -540,7 +556,7 @@ fn failure(e: Error, spec: &Spec) -> Failure {
         Error::Cancelled => Some("nothing was recorded; run the same command again to continue".into()),
     };
     Failure {
-        message: e.to_string(),
+        message,
         details,
         hint,
         code,

@@ -57,6 +57,10 @@ pub enum Error {
         cause: RemoteCause,
     },
 
+    /// A local path given as the repository that cannot be one.
+    #[error("the kubernetes repository {url}: {problem}")]
+    LocalRepository { url: String, problem: String },
+
     #[error("`{name}` is not a branch, tag or commit of {url}")]
     RefNotFound {
         name: String,
@@ -142,6 +146,7 @@ impl Error {
                 | Error::Usage(_)
                 | Error::BaseImage { .. }
                 | Error::RefNotFound { .. }
+                | Error::LocalRepository { .. }
         )
     }
 

@@ -128,6 +128,9 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
             reason: e.to_string(),
         })?;
     }
+    if spec.source.update {
+        source::check_local_repository(&spec.source.url)?;
+    }
     let platform = make::requested_platform()?;
     if spec.image.tag == "latest" {
         events.warn("the tag `latest` is shared by every job that pushes it; jobs overwrite each other's image (kubernetes#59567): prefer a unique tag");

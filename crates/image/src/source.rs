@@ -671,6 +671,30 @@ fn describe_checkout(repo: &Repository, dir: &Path, changes: Vec<String>) -> Res
     })
 }
 
+/// Refuse a local repository (a path or `file://` URL) that cannot be one: a
+/// path that does not exist, a file, or a directory that is not a git
+/// repository (a clone or a bare one). Network URLs are left to [`resolve`].
+pub fn check_local_repository(url: &str) -> Result<()> {
+    if !is_local(url) {
+        return Ok(());
+    }
+    let path = Path::new(url.strip_prefix("file://").unwrap_or(url));
+    let problem = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no such directory".to_owned(),
+        Err(e) => format!("cannot read it: {e}"),
+        Ok(meta) if !meta.is_dir() => "a file, not a directory".to_owned(),
+        // As libgit2's local transport opens it: the directory itself, no search upwards.
+        Ok(_) => match Repository::open(path) {
+            Ok(_) => return Ok(()),
+            Err(_) => "not a git repository (neither a clone nor a bare repository)".to_owned(),
+        },
+    };
+    Err(Error::LocalRepository {
+        url: url.to_owned(),
+        problem,
+    })
+}
+
 /// A local path or `file://` URL (as opposed to a network URL or scp-like `host:path`).
 fn is_local(url: &str) -> bool {
     if url.starts_with("file://") {
