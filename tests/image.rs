@@ -1103,6 +1103,86 @@ fn registry_credentials_are_checked_first_and_never_printed() {
 }
 
 #[test]
+fn a_registry_spelled_localhost_in_capitals_is_pushed_to_and_127_1_is_refused_with_its_full_form() {
+    let registry = Registry::start();
+    let upstream = Upstream::new();
+    let env = Env::new();
+    let src = env.path("k");
+    let url = upstream.url();
+    let port = registry.addr.rsplit(':').next().unwrap();
+    let spelled = format!("LOCALHOST:{port}");
+    let image = format!("{spelled}/kubemark:v1");
+    let _cleanup = docker::Cleanup(vec![image.clone()]);
+    let run = env.xtask(&[
+        "image",
+        "--tag",
+        "v1",
+        "--registry",
+        &spelled,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ]);
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains(&format!("registry http://{spelled} answers")),
+        "reached over plain HTTP, as the engine reaches it: {}",
+        run.stderr
+    );
+    let digest = registry
+        .digest("kubemark", "v1")
+        .expect("the registry serves the tag");
+    assert_eq!(env.record()["digest"], digest.as_str());
+    assert_eq!(env.record()["ref"], image.as_str());
+
+    // `127.1` is 127.0.0.1 to the C resolver, but the engine (Go's resolver)
+    // looks it up as a name and fails, after the build. Refused first, said so.
+    let short = format!("127.1:{port}");
+    let short_image = format!("{short}/kubemark:v1");
+    let _cleanup_short = docker::Cleanup(vec![short_image.clone()]);
+    let run = env.xtask(&[
+        "image",
+        "--tag",
+        "v1",
+        "--registry",
+        &short,
+        "--kubernetes-repo",
+        &url,
+        "--source-dir",
+        src.to_str().unwrap(),
+    ]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains(&format!(
+            "error: --registry `{short}`: the registry host `127.1` is 127.0.0.1 to C programs, but the Docker \
+             engine reads only a.b.c.d addresses"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "write the address in full: --registry 127.0.0.1:{port}"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("==> image"),
+        "nothing built: {}",
+        run.stderr
+    );
+    assert!(!docker::exists(&short_image));
+    assert_eq!(
+        env.record()["ref"],
+        image.as_str(),
+        "the record is the last push's"
+    );
+}
+
+#[test]
 fn bad_input_is_a_usage_error_and_changes_nothing() {
     let env = Env::new();
     let src = env.path("k");

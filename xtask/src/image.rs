@@ -502,6 +502,19 @@ fn failure(e: Error, spec: &Spec, given: &Inputs) -> Failure {
                 given.kubernetes_repo.with(UPSTREAM)
             ))
         }
+        Error::AddressForm {
+            registry, address, ..
+        } => {
+            message = format!("{} `{registry}`: {e}", given.registry.name);
+            let port = registry
+                .split_once(':')
+                .map(|(_, port)| format!(":{port}"))
+                .unwrap_or_default();
+            Some(format!(
+                "write the address in full: {}",
+                given.registry.with(&format!("{address}{port}"))
+            ))
+        }
         Error::RefNotFound { similar, .. } => {
             if !similar.is_empty() {
                 details.push(format!("similar names: {}", similar.join(", ")));

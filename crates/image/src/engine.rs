@@ -74,6 +74,21 @@ impl Endpoint {
     }
 }
 
+/// The address in full when a registry host is an IPv4 address written in a form
+/// only the C resolver reads (`127.1`, `2130706433`, `0x7f.1`, `0177.0.0.1`):
+/// the engine's resolver (Go's) takes only `a.b.c.d` and looks anything else up
+/// as a host name, so a push to it fails after the build.
+pub fn unreadable_address(registry: &str) -> Option<std::net::Ipv4Addr> {
+    let host = crate::reference::host_without_port(registry);
+    if host.starts_with('[') || host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return None;
+    }
+    match kubemark_contract::address::literal(host) {
+        Some(std::net::IpAddr::V4(address)) => Some(address),
+        _ => None,
+    }
+}
+
 /// A connected engine whose API version has been negotiated.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -486,6 +501,35 @@ mod tests {
         assert!(ipv4_in_cidr("127.0.0.1".parse().unwrap(), "127.0.0.0/8"));
         assert!(!ipv4_in_cidr("10.0.0.1".parse().unwrap(), "127.0.0.0/8"));
         assert!(ipv4_in_cidr("10.0.0.1".parse().unwrap(), "0.0.0.0/0"));
+    }
+
+    #[test]
+    fn addresses_the_engine_cannot_read_are_told_with_their_full_form() {
+        for (registry, full) in [
+            ("127.1:5000", "127.0.0.1"),
+            ("2130706433:5000", "127.0.0.1"),
+            ("0x7f.1", "127.0.0.1"),
+            ("0177.0.0.1:5000", "127.0.0.1"),
+            ("10.1:443", "10.0.0.1"),
+        ] {
+            assert_eq!(
+                unreadable_address(registry)
+                    .map(|a| a.to_string())
+                    .as_deref(),
+                Some(full),
+                "{registry}"
+            );
+        }
+        for registry in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "LOCALHOST:5000",
+            "[::1]:5000",
+            "gcr.io",
+            "registry.k8s.io",
+        ] {
+            assert_eq!(unreadable_address(registry), None, "{registry}");
+        }
     }
 
     #[test]

@@ -61,6 +61,17 @@ pub enum Error {
     #[error("the kubernetes repository {url}: {problem}")]
     LocalRepository { url: String, problem: String },
 
+    /// An IPv4 registry address in a form the engine cannot read.
+    #[error(
+        "the registry host `{host}` is {address} to C programs, but the Docker engine reads only \
+         a.b.c.d addresses: it looks `{host}` up as a host name, and finds none"
+    )]
+    AddressForm {
+        registry: String,
+        host: String,
+        address: std::net::Ipv4Addr,
+    },
+
     #[error("`{name}` is not a branch, tag or commit of {url}")]
     RefNotFound {
         name: String,
@@ -147,6 +158,7 @@ impl Error {
                 | Error::BaseImage { .. }
                 | Error::RefNotFound { .. }
                 | Error::LocalRepository { .. }
+                | Error::AddressForm { .. }
         )
     }
 

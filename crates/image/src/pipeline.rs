@@ -128,6 +128,15 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
             reason: e.to_string(),
         })?;
     }
+    if spec.push
+        && let Some(address) = crate::engine::unreadable_address(&spec.image.registry)
+    {
+        return Err(Error::AddressForm {
+            registry: spec.image.registry.clone(),
+            host: crate::reference::host_without_port(&spec.image.registry).to_owned(),
+            address,
+        });
+    }
     if spec.source.update {
         source::check_local_repository(&spec.source.url)?;
     }
