@@ -305,8 +305,14 @@ async fn quotas(spec: &Spec, plan: &Plan, external: &Cluster, existing: u64) -> 
     let (cpu, mem) = plan.pod_requests;
     let mut short = Vec::new();
     for q in &list {
+        // Before the quota controller has counted, status is empty: the spec's
+        // limits hold, with nothing used yet.
         let status = q.status.clone().unwrap_or_default();
-        let hard = status.hard.unwrap_or_default();
+        let hard = status
+            .hard
+            .filter(|h| !h.is_empty())
+            .or_else(|| q.spec.as_ref().and_then(|s| s.hard.clone()))
+            .unwrap_or_default();
         let used = status.used.unwrap_or_default();
         for (key, per_pod) in [
             ("pods", 1.0),
