@@ -7,6 +7,8 @@
 //! `cluster/images/kubemark/Dockerfile`). `cargo xtask ci` installs what these
 //! need. Test code, not product code: nothing in `crates/image` uses it.
 
+pub mod k8s;
+
 use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
