@@ -38,6 +38,10 @@ pub struct Args {
     /// Skip provisioning (everything is already installed and running).
     #[arg(long)]
     no_provision: bool,
+    /// Run only the real tier: the tests against real Kubernetes control planes
+    /// (`tests/real.rs`, the testbed's control plane fixture).
+    #[arg(long)]
+    real_only: bool,
     /// Arguments for the test runner, after `--` (e.g. `-- image::`).
     #[arg(last = true)]
     test_args: Vec<String>,
@@ -52,25 +56,16 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
         require_kubectl()?;
         provision_engine(&tools)?;
         provision_python_tools(&tools)?;
+        crate::k8s::build(&root)?;
     }
     if args.provision_only {
         return Ok(());
     }
     let actionlint = tools.join("venv/bin/actionlint");
-    step(&root, "cargo", &["fmt", "--all", "--", "--check"], &[])?;
-    step(
-        &root,
-        "cargo",
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
-    )?;
+    if !args.real_only {
+        step(&root, "cargo", &["fmt", "--all", "--", "--check"], &[])?;
+        clippy(&root)?;
+    }
     // Everything the tests start inherits this mark (dockerd, started above, does not).
     let marker = run_marker();
     let env = [
@@ -79,14 +74,31 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
             actionlint.to_string_lossy().into_owned(),
         ),
         (MARKER_VAR, marker.clone()),
+        // The real tier may not skip itself here: the components were built above.
+        ("KUBEMARK_REQUIRE_REAL", "1".to_owned()),
+        (
+            "KUBEMARK_K8S_BIN",
+            root.join("target/k8s/bin").to_string_lossy().into_owned(),
+        ),
     ];
-    let mut test: Vec<&str> = if has_nextest() {
-        vec!["nextest", "run", "--workspace", "--no-fail-fast"]
-    } else {
-        vec!["test", "--workspace", "--no-fail-fast"]
+    let mut test: Vec<&str> = match (args.real_only, has_nextest()) {
+        (true, _) => vec![
+            "test",
+            "--no-fail-fast",
+            "-p",
+            "xtask",
+            "--test",
+            "real",
+            "-p",
+            "kubemark-testbed",
+            "--test",
+            "control_plane",
+        ],
+        (false, true) => vec!["nextest", "run", "--workspace", "--no-fail-fast"],
+        (false, false) => vec!["test", "--workspace", "--no-fail-fast"],
     };
     if !args.test_args.is_empty() {
-        if !has_nextest() {
+        if args.real_only || !has_nextest() {
             test.push("--");
         }
         test.extend(args.test_args.iter().map(String::as_str));
@@ -110,6 +122,22 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
     }
     eprintln!("==> ci: fmt, clippy and tests passed");
     Ok(())
+}
+
+fn clippy(root: &Path) -> Result<(), Failure> {
+    step(
+        root,
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )
 }
 
 fn step(dir: &Path, program: &str, args: &[&str], env: &[(&str, String)]) -> Result<(), Failure> {

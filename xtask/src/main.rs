@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod deploy;
 mod image;
+mod k8s;
 mod progress;
 mod report;
 mod sim;

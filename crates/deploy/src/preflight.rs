@@ -4,7 +4,7 @@
 
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Node, Pod, ReplicationController, ResourceQuota, Secret,
+    ConfigMap, LimitRange, Namespace, Node, Pod, ReplicationController, ResourceQuota, Secret,
 };
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
@@ -269,8 +269,26 @@ async fn admission(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events
             } else if message.contains("LimitRange")
                 || message.contains("maximum")
                 || message.contains("minimum")
+                || message.contains(" limit")
             {
-                "the namespace's LimitRange does not allow the hollow-node pod's resources: change the requests (--kubelet-cpu, --proxy-memory, ...) to fit it, or deploy into another --namespace".to_owned()
+                // A LimitRange's max also becomes the default limit, which the
+                // requests then exceed: name the ranges, they are the cause.
+                let ranges: Api<LimitRange> =
+                    Api::namespaced(external.client.clone(), &spec.namespace);
+                let all = ListParams::default();
+                let names: Vec<String> = crate::retry::call(|| ranges.list(&all))
+                    .await
+                    .map(|l| l.items.iter().map(|r| r.name_any()).collect())
+                    .unwrap_or_default();
+                format!(
+                    "the namespace's LimitRange{} {} set limits the hollow-node pod's requests do not fit: change the requests (--kubelet-cpu, --proxy-cpu, --kubelet-memory, ...) to fit, or deploy into another --namespace",
+                    if names.len() == 1 { "" } else { "s" },
+                    if names.is_empty() {
+                        "(if any)".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                )
             } else {
                 "the external cluster's admission refuses the pod: change the template or the namespace's policies".to_owned()
             };

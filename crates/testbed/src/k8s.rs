@@ -272,9 +272,10 @@ impl ControlPlane {
         )?;
         write(&f("apiserver.crt"), &serving.cert)?;
         write(&f("apiserver.key"), &serving.key)?;
-        // The service-account signing key; the API server reads the public key from it too.
+        // The service-account signing key, and its public half for verifying.
         let sa = KeyPair::generate().map_err(tls)?;
         write(&f("sa.key"), &sa.serialize_pem())?;
+        write(&f("sa.pub"), &sa.public_key_pem())?;
 
         let etcd_port = free_port()?;
         let peer_port = free_port()?;
@@ -300,7 +301,7 @@ impl ControlPlane {
             format!("--tls-cert-file={}", f("apiserver.crt").display()),
             format!("--tls-private-key-file={}", f("apiserver.key").display()),
             format!("--client-ca-file={}", f("ca.crt").display()),
-            format!("--service-account-key-file={}", f("sa.key").display()),
+            format!("--service-account-key-file={}", f("sa.pub").display()),
             format!("--service-account-signing-key-file={}", f("sa.key").display()),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
@@ -308,6 +309,9 @@ impl ControlPlane {
             "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,NodeRestriction,PodSecurity,LimitRanger,ResourceQuota".into(),
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
+            // No kubernetes Service endpoints: the address may be loopback, and
+            // nothing in these tests reaches the API through the Service.
+            "--endpoint-reconciler-type=none".into(),
             format!("--cert-dir={}", f("certs").display()),
         ];
         let mut plane = Self {

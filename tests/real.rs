@@ -1,0 +1,318 @@
+//! The real tier: `cargo xtask deploy` against real control planes (etcd,
+//! kube-apiserver, kube-controller-manager, kube-scheduler of Kubernetes
+//! v1.37.2, built from Kubernetes' own Go modules by `cargo xtask ci`), one as
+//! the external cluster and one as the kubemark master. What only a real
+//! server shows: RBAC, PodSecurity, LimitRange and ResourceQuota admission, the
+//! real ReplicationController, namespace and garbage collectors, real
+//! server-side apply and discovery.
+//!
+//! These control planes have no nodes: the hollow-node pods stay Pending, so
+//! the tests here use `--no-wait` and `--skip-capacity-check` where deploy goes
+//! as far as the pods.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use kubemark_testbed::k8s::{Binaries, Config, ControlPlane};
+use support::{Env, Run};
+
+/// The built components, or (outside CI, when nobody built them) `None`, said out loud.
+fn binaries() -> Option<Binaries> {
+    let found = Binaries::find();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("KUBEMARK_REQUIRE_REAL").is_none(),
+            "the real tier is required (KUBEMARK_REQUIRE_REAL) but target/k8s/bin has no components: `cargo xtask ci` builds them"
+        );
+        eprintln!(
+            "SKIPPED: no Kubernetes components in target/k8s/bin (`cargo xtask ci --provision-only` builds them)"
+        );
+    }
+    found
+}
+
+/// An address of this host that is not loopback, as the hollow-node pods reach the master.
+fn host_ip() -> IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket.connect("10.255.255.255:1").unwrap();
+    let ip = socket.local_addr().unwrap().ip();
+    if ip.is_loopback() || ip.is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        ip
+    }
+}
+
+struct Real {
+    external: ControlPlane,
+    master: ControlPlane,
+    env: Env,
+}
+
+impl Real {
+    fn start() -> Option<Self> {
+        let bin = binaries()?;
+        let address = host_ip();
+        let start = |name: &str| {
+            ControlPlane::start(
+                &bin,
+                Config {
+                    name: name.into(),
+                    address,
+                    controllers: true,
+                },
+            )
+            .unwrap()
+        };
+        Some(Self {
+            external: start("external"),
+            master: start("master"),
+            env: Env::new(),
+        })
+    }
+
+    /// `deploy [sub] --external-kubeconfig E --master-kubeconfig M extra...`
+    fn xtask(&self, sub: &[&str], external: Option<&std::path::Path>, extra: &[&str]) -> Run {
+        let e = external
+            .unwrap_or(&self.external.admin_kubeconfig)
+            .display()
+            .to_string();
+        let m = self.master.admin_kubeconfig.display().to_string();
+        let mut args = vec!["deploy"];
+        args.extend_from_slice(sub);
+        args.extend(["--external-kubeconfig", &e, "--master-kubeconfig", &m]);
+        if host_ip().is_loopback() && sub.is_empty() {
+            args.push("--allow-loopback-master");
+        }
+        args.extend_from_slice(extra);
+        self.env.xtask(&args)
+    }
+
+    fn deploy(&self, extra: &[&str]) -> Run {
+        let mut args = vec![
+            "--image",
+            "127.0.0.1:5000/kubemark:v1.37.2",
+            "--skip-capacity-check",
+        ];
+        args.extend_from_slice(extra);
+        self.xtask(&[], None, &args)
+    }
+
+    fn get(&self, args: &[&str]) -> Option<String> {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        self.external.kubectl(&all).ok()
+    }
+}
+
+fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("not within {limit:?}: {what}");
+}
+
+#[test]
+fn deploy_status_and_destroy_against_real_control_planes() {
+    let Some(r) = Real::start() else { return };
+    let run = r.deploy(&["--replicas", "3", "--no-wait"]);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("created namespace kubemark") && run.stderr.contains("v1.37.2"),
+        "{}",
+        run.stderr
+    );
+    // The real ReplicationController controller makes the pods (Pending: no nodes).
+    eventually("3 hollow-node pods", Duration::from_secs(60), || {
+        r.get(&["pods", "-n", "kubemark", "-o", "name"])
+            .is_some_and(|out| out.lines().count() == 3)
+    });
+    // Real server-side apply: the same deploy again changes nothing.
+    let run = r.deploy(&["--replicas", "3", "--no-wait"]);
+    run.assert_code(0);
+    for line in [
+        "Namespace kubemark unchanged",
+        "Secret kubeconfig unchanged",
+        "ReplicationController hollow-node unchanged",
+    ] {
+        assert!(run.stderr.contains(line), "{line}: {}", run.stderr);
+    }
+    let run = r.xtask(&["status"], None, &["--output", "json"]);
+    run.assert_code(0);
+    let status = run.json();
+    assert_eq!(status["wanted"].as_i64(), Some(3), "{status}");
+    assert_eq!(status["pods"].as_i64(), Some(3), "{status}");
+
+    // destroy on a real namespace controller and garbage collector: the
+    // namespace holds only what the cluster puts in every namespace (the
+    // default ServiceAccount, kube-root-ca.crt) besides ours, so it goes.
+    let run = r.xtask(&["destroy"], None, &["--timeout", "120s"]);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("destroyed: 1 ReplicationController(s) with 3 pod(s), 1 secret(s), 0 configmap(s), the namespace"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        r.get(&["namespace", "kubemark"]).is_none(),
+        "the namespace is gone"
+    );
+    let run = r.xtask(&["destroy"], None, &[]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("nothing to destroy"), "{}", run.stdout);
+}
+
+#[test]
+fn a_namespace_that_existed_keeps_what_is_not_ours_on_a_real_server() {
+    let Some(r) = Real::start() else { return };
+    r.external.kubectl(&["create", "namespace", "pre"]).unwrap();
+    r.external
+        .kubectl(&[
+            "-n",
+            "pre",
+            "create",
+            "secret",
+            "generic",
+            "user-secret",
+            "--from-literal=pw=x",
+        ])
+        .unwrap();
+    let run = r.deploy(&["--namespace", "pre", "--replicas", "2", "--no-wait"]);
+    run.assert_code(0);
+    let run = r.xtask(
+        &["destroy"],
+        None,
+        &["--namespace", "pre", "--timeout", "120s"],
+    );
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("left: namespace pre: kept, deploy did not create it")
+            && run.stdout.contains("left: Secret pre/user-secret"),
+        "{}",
+        run.stdout
+    );
+    assert!(r.get(&["-n", "pre", "secret", "user-secret"]).is_some());
+    assert!(r.get(&["-n", "pre", "rc", "hollow-node"]).is_none());
+}
+
+#[test]
+fn what_rbac_denies_is_listed_before_anything_is_written() {
+    let Some(r) = Real::start() else { return };
+    // A user who may read, and create namespaces, but not write secrets or RCs.
+    let limited = r
+        .external
+        .kubeconfig_for("limited-user", Some("testers"))
+        .unwrap();
+    r.external
+        .apply(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: limited\nrules:\n- apiGroups: [\"\"]\n  resources: [namespaces, pods, nodes, events, secrets, configmaps, replicationcontrollers, resourcequotas]\n  verbs: [get, list, watch]\n- apiGroups: [\"\"]\n  resources: [namespaces]\n  verbs: [create, patch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: limited\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: limited\nsubjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: User\n  name: limited-user\n",
+        )
+        .unwrap();
+    let run = r.xtask(
+        &[],
+        Some(&limited),
+        &[
+            "--image",
+            "127.0.0.1:5000/kubemark:v1.37.2",
+            "--replicas",
+            "2",
+        ],
+    );
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("the external cluster does not allow what deploy needs: patch secrets in kubemark, patch configmaps in kubemark, patch replicationcontrollers in kubemark, get pods/log in kubemark"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        r.get(&["namespace", "kubemark"]).is_none(),
+        "nothing written"
+    );
+}
+
+#[test]
+fn pod_security_quota_and_limit_range_are_diagnosed_before_anything_is_written() {
+    let Some(r) = Real::start() else { return };
+    let refused = |ns: &str, replicas: &str, expect: &[&str]| {
+        let run = r.deploy(&["--namespace", ns, "--replicas", replicas]);
+        run.assert_code(1);
+        for e in expect {
+            assert!(
+                run.stderr.contains(e),
+                "{ns}: expected {e:?} in {}",
+                run.stderr
+            );
+        }
+        assert!(
+            r.get(&["-n", ns, "rc", "hollow-node"]).is_none()
+                && r.get(&["-n", ns, "secret", "kubeconfig"]).is_none(),
+            "{ns}: nothing written"
+        );
+    };
+
+    // PodSecurity `baseline` refuses the privileged template.
+    r.external
+        .kubectl(&["create", "namespace", "baseline"])
+        .unwrap();
+    r.external
+        .kubectl(&[
+            "label",
+            "namespace",
+            "baseline",
+            "pod-security.kubernetes.io/enforce=baseline",
+        ])
+        .unwrap();
+    refused(
+        "baseline",
+        "2",
+        &[
+            "the external cluster would reject the hollow-node pods in namespace baseline",
+            "violates PodSecurity \"baseline:latest\"",
+            "pod-security.kubernetes.io/enforce=privileged",
+        ],
+    );
+
+    // A ResourceQuota with room for 2 pods, 5 wanted.
+    r.external
+        .kubectl(&["create", "namespace", "quota"])
+        .unwrap();
+    r.external
+        .kubectl(&["-n", "quota", "create", "quota", "small", "--hard=pods=2"])
+        .unwrap();
+    refused(
+        "quota",
+        "5",
+        &[
+            "the ResourceQuota of namespace quota is too small for 5 hollow-node pods",
+            "ResourceQuota small: pods has room for 2 more hollow-node pod(s)",
+        ],
+    );
+
+    // A LimitRange whose maximum is below the hollow kubelet's request.
+    r.external
+        .kubectl(&["create", "namespace", "limits"])
+        .unwrap();
+    r.external
+        .apply("apiVersion: v1\nkind: LimitRange\nmetadata:\n  name: tiny\n  namespace: limits\nspec:\n  limits:\n  - type: Container\n    max:\n      cpu: 10m\n")
+        .unwrap();
+    refused(
+        "limits",
+        "1",
+        &[
+            "would reject the hollow-node pods in namespace limits",
+            // The range's max became the default limit, which the requests exceed.
+            "must be less than or equal to cpu limit of 10m",
+            "the namespace's LimitRange tiny set limits",
+        ],
+    );
+}
