@@ -175,12 +175,30 @@ async fn deploy_rerun_scale_status_and_destroy() {
     assert!(run.stderr.contains("room for"), "{}", run.stderr);
     assert_eq!(c.master_nodes(), (50, 50));
     assert_eq!(c.external_pods(), 50);
-    let rc_rv = c
-        .external
-        .store()
-        .get(idx::RCS, "kubemark", "hollow-node")
-        .unwrap()
-        .rv;
+    // What deploy writes (spec and its managed fields), not the status the RC
+    // controller keeps updating after the wait returned.
+    let rc_written = || {
+        let rc = c
+            .external
+            .store()
+            .get(idx::RCS, "kubemark", "hollow-node")
+            .unwrap()
+            .value
+            .clone();
+        let ours: Vec<serde_json::Value> = rc["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["manager"] == "kubemark-deploy")
+            .cloned()
+            .collect();
+        (
+            rc["spec"].clone(),
+            rc["metadata"]["generation"].clone(),
+            ours,
+        )
+    };
+    let rc_before = rc_written();
 
     // The same deploy again changes nothing.
     let run = c.deploy(&["--replicas", "50"]).await;
@@ -192,14 +210,7 @@ async fn deploy_rerun_scale_status_and_destroy() {
     ] {
         assert!(run.stderr.contains(line), "{line}: {}", run.stderr);
     }
-    assert_eq!(
-        c.external
-            .store()
-            .get(idx::RCS, "kubemark", "hollow-node")
-            .unwrap()
-            .rv,
-        rc_rv
-    );
+    assert_eq!(rc_written(), rc_before);
 
     // status: counts and the map hollow node ↔ pod ↔ external node.
     let run = c.run(&["status"], &["--output", "json"]).await;
