@@ -1011,7 +1011,28 @@ async fn patch_request(
                 "the name of the object does not match the name on the URL",
             ));
         }
-        strict(r, res, &body)?;
+        // Server-side apply converts the body to a typed object first; a field
+        // the schema does not declare fails there, as kube-apiserver answers it
+        // (500, no reason: "Error from server: ..." in kubectl).
+        let unknown = validate::unknown_fields(res, &body);
+        if let Some(field) = unknown.first() {
+            let r = &RESOURCES[res];
+            return Err(ApiError::new(
+                500,
+                "",
+                format!(
+                    "failed to create typed patch object ({}{name}; {}, Kind={}): .{field}: field not declared in schema",
+                    if ns.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{ns}/")
+                    },
+                    // Go's GroupVersionKind: `apps/v1, Kind=X`, and `/v1, Kind=X` for the core group.
+                    format!("{}/{}", r.group, r.version),
+                    r.kind
+                ),
+            ));
+        }
         let force = matches!(r.q("force"), Some("true" | "1"));
         if t.sub.is_none() && shared.store.get(res, ns, &name).is_none() {
             let mut obj = patch::server_side_apply(

@@ -590,8 +590,9 @@ pub fn server_side_apply(
                 code: 409,
                 reason: "Conflict",
                 message: format!(
-                    "Apply failed with {} conflict(s): {}",
+                    "Apply failed with {} conflict{}: {}",
                     list.len(),
+                    if list.len() == 1 { "" } else { "s" },
                     list.join(", ")
                 ),
                 details: Some(json!({"causes": causes})),

@@ -523,11 +523,15 @@ impl Store {
         if let Some(uid) = expected_uid
             && meta::meta_str(&current.value, "uid") != Some(uid)
         {
-            return Err(ApiError::conflict(
-                res,
-                name,
-                "the UID in the precondition does not match the UID in record",
-            ));
+            // kube-apiserver names the kind here (not the resource) and both UIDs.
+            let r = &RESOURCES[res];
+            let mut e = ApiError::conflict(res, name, "");
+            e.message = format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
+                r.kind,
+                meta::meta_str(&current.value, "uid").unwrap_or_default()
+            );
+            return Err(e);
         }
         let rv = Self::next_rv(&mut inner);
         if pending_finalizers(res, &current.value) {

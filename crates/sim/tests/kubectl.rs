@@ -133,7 +133,9 @@ async fn get_prints_the_columns_scripts_read() {
         .await;
     assert_ne!(unknown.code, 0);
     assert!(
-        unknown.stderr.contains("unknown field \"datta\""),
+        unknown
+            .stderr
+            .contains(".datta: field not declared in schema"),
         "{}",
         unknown.stderr
     );
