@@ -123,6 +123,28 @@ fn eventually(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 #[test]
 fn deploy_status_and_destroy_against_real_control_planes() {
     let Some(r) = Real::start() else { return };
+    // A kubemark newer than the real master is warned about (kubelets must not
+    // be newer than their API server); --dry-run writes nothing.
+    let run = r.xtask(
+        &[],
+        None,
+        &[
+            "--image",
+            "127.0.0.1:5000/kubemark:v1.38.0",
+            "--replicas",
+            "3",
+            "--dry-run",
+            "--skip-capacity-check",
+        ],
+    );
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains("the kubemark image is v1.38.0, newer than the master's v1.37.2"),
+        "{}",
+        run.stderr
+    );
+    assert!(r.get(&["namespace", "kubemark"]).is_none(), "dry run");
     let run = r.deploy(&["--replicas", "3", "--no-wait"]);
     run.assert_code(0);
     assert!(

@@ -566,3 +566,33 @@ impl Drop for ControlPlane {
         }
     }
 }
+
+/// The Makefile of a fixture checkout whose `make all WHAT=cmd/kubemark`
+/// builds the real kubemark (Kubernetes v1.37.2's `cmd/kubemark/app`) with Go,
+/// static, from the module in the checkout (a copy of `crates/testbed/k8s`).
+const REAL_KUBEMARK_MAKEFILE: &str = r#"# A stand-in for kubernetes' build that builds the real kubemark with Go.
+.PHONY: all
+all:
+ifneq ($(WHAT),cmd/kubemark)
+	$(error this fixture builds only WHAT=cmd/kubemark, not "$(WHAT)")
+endif
+	@echo "+++ [fixture] Building go targets for linux/amd64: cmd/kubemark (Kubernetes v1.37.2)"
+	@mkdir -p _output/bin
+	CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37" -o _output/bin/kubemark ./cmd/kubemark
+"#;
+
+/// A fixture "kubernetes" checkout at `base/name` whose `make all
+/// WHAT=cmd/kubemark` builds the real kubemark binary (Go and the module cache
+/// that `cargo xtask ci` filled; about 20 s with a warm Go build cache), and
+/// whose image is that binary alone (`FROM scratch`).
+pub fn real_kubemark_checkout(base: &Path, name: &str) -> io::Result<crate::Fixture> {
+    let fixture = crate::Fixture::create(base, name)?;
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s");
+    for file in ["go.mod", "go.sum", "cmd/kubemark/main.go"] {
+        let text = std::fs::read_to_string(module.join(file))?;
+        fixture.write(file, &text)?;
+    }
+    fixture.write("Makefile", REAL_KUBEMARK_MAKEFILE)?;
+    fixture.commit("build the real kubemark of Kubernetes v1.37.2")?;
+    Ok(fixture)
+}
