@@ -20,21 +20,6 @@ use std::time::{Duration, Instant};
 use kubemark_testbed::k8s::{Binaries, Config, ControlPlane};
 use support::{Env, Run};
 
-/// The built components, or (outside CI, when nobody built them) `None`, said out loud.
-fn binaries() -> Option<Binaries> {
-    let found = Binaries::find();
-    if found.is_none() {
-        assert!(
-            std::env::var_os("KUBEMARK_REQUIRE_REAL").is_none(),
-            "the real tier is required (KUBEMARK_REQUIRE_REAL) but target/k8s/bin has no components: `cargo xtask ci` builds them"
-        );
-        eprintln!(
-            "SKIPPED: no Kubernetes components in target/k8s/bin (`cargo xtask ci --provision-only` builds them)"
-        );
-    }
-    found
-}
-
 /// An address of this host that is not loopback, as the hollow-node pods reach the master.
 fn host_ip() -> IpAddr {
     let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -55,7 +40,7 @@ struct Real {
 
 impl Real {
     fn start() -> Option<Self> {
-        let bin = binaries()?;
+        let bin = Binaries::for_tests()?;
         let address = host_ip();
         let start = |name: &str| {
             ControlPlane::start(

@@ -152,12 +152,8 @@ pub async fn destroy(
         }
     }
 
+    let nodes = crate::wait::hollow_nodes(master, namespace).await?;
     let node_api: Api<Node> = Api::all(master.client.clone());
-    let hollow = ListParams::default().labels(&format!("{NODE_LABEL}={namespace}"));
-    let nodes = crate::retry::call(|| node_api.list(&hollow))
-        .await
-        .map_err(Error::api(Side::Master, "listing hollow nodes"))?
-        .items;
     for n in &nodes {
         let name = n.name_any();
         delete(&node_api, &name, &DeleteParams::background())

@@ -4,14 +4,13 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{Node, Pod, ReplicationController};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 use crate::diagnose::{self, deleting, node_ready, pod_running};
 use crate::error::{Error, Result, Side};
 use crate::kubeconfig::Cluster;
-use crate::plan::NODE_LABEL;
 
 /// One hollow node: its pod on the external cluster and the external node it runs on.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -86,12 +85,7 @@ pub async fn status(external: &Cluster, master: &Cluster, namespace: &str) -> Re
         let (p, _) = crate::wait::snapshot(external, master, namespace, &selector_of(rc)).await?;
         pods.extend(p);
     }
-    let node_api: Api<Node> = Api::all(master.client.clone());
-    let hollow = ListParams::default().labels(&format!("{NODE_LABEL}={namespace}"));
-    let nodes = crate::retry::call(|| node_api.list(&hollow))
-        .await
-        .map_err(Error::api(Side::Master, "listing hollow nodes"))?
-        .items;
+    let nodes = crate::wait::hollow_nodes(master, namespace).await?;
     let live: Vec<&Pod> = pods.iter().filter(|p| !deleting(p)).collect();
     let names: BTreeSet<String> = live.iter().map(|p| p.name_any()).collect();
     let mut rows: Vec<Row> = live

@@ -352,14 +352,20 @@ pub async fn snapshot(
     selector: &str,
 ) -> Result<(Vec<Pod>, Vec<Node>)> {
     let pod_api: Api<Pod> = Api::namespaced(external.client.clone(), namespace);
-    let node_api: Api<Node> = Api::all(master.client.clone());
     let pod_params = kube::api::ListParams::default().labels(selector);
     let pods = crate::retry::call(|| pod_api.list(&pod_params))
         .await
         .map_err(Error::api(Side::External, "listing hollow-node pods"))?;
-    let node_params = kube::api::ListParams::default().labels(&format!("{NODE_LABEL}={namespace}"));
-    let nodes = crate::retry::call(|| node_api.list(&node_params))
+    Ok((pods.items, hollow_nodes(master, namespace).await?))
+}
+
+/// The master's Nodes that hollow nodes of `namespace` registered: those with
+/// deploy's label `kubemark.dev/hollow-node=<namespace>` (never another node).
+pub async fn hollow_nodes(master: &Cluster, namespace: &str) -> Result<Vec<Node>> {
+    let node_api: Api<Node> = Api::all(master.client.clone());
+    let params = kube::api::ListParams::default().labels(&format!("{NODE_LABEL}={namespace}"));
+    Ok(crate::retry::call(|| node_api.list(&params))
         .await
-        .map_err(Error::api(Side::Master, "listing hollow nodes"))?;
-    Ok((pods.items, nodes.items))
+        .map_err(Error::api(Side::Master, "listing hollow nodes"))?
+        .items)
 }

@@ -336,18 +336,6 @@ async fn kube_session(path: &Path) -> Vec<(String, String)> {
     seen.into_iter().map(|(k, v)| (k, normalise(&v))).collect()
 }
 
-fn binaries() -> Option<Binaries> {
-    let found = Binaries::find();
-    if found.is_none() {
-        assert!(
-            std::env::var_os("KUBEMARK_REQUIRE_REAL").is_none(),
-            "the real tier is required but target/k8s/bin has no components"
-        );
-        eprintln!("SKIPPED: no Kubernetes components in target/k8s/bin");
-    }
-    found
-}
-
 async fn real(bin: Binaries) -> ControlPlane {
     tokio::task::spawn_blocking(move || {
         ControlPlane::start(
@@ -389,7 +377,9 @@ fn compare(what: &str, simulated: &[(String, String)], real: &[(String, String)]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kubectl_and_kube_rs_see_the_simulator_as_they_see_a_real_api_server() {
-    let Some(bin) = binaries() else { return };
+    let Some(bin) = Binaries::for_tests() else {
+        return;
+    };
     let real = real(bin).await;
     let dir = tempfile::tempdir().unwrap();
     let simulated = sim("differential", 0, dir.path()).await;

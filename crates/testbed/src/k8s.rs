@@ -52,6 +52,23 @@ impl Binaries {
             .then_some(Self { dir })
     }
 
+    /// For a test: the components, or `None` and a printed `SKIPPED` line when
+    /// nobody built them. Under `KUBEMARK_REQUIRE_REAL` (set by `cargo xtask
+    /// ci`, which builds them) a missing component fails the test instead.
+    pub fn for_tests() -> Option<Self> {
+        let found = Self::find();
+        if found.is_none() {
+            assert!(
+                std::env::var_os("KUBEMARK_REQUIRE_REAL").is_none(),
+                "the real tier is required (KUBEMARK_REQUIRE_REAL) but target/k8s/bin lacks a component: `cargo xtask ci --provision-only` builds them"
+            );
+            eprintln!(
+                "SKIPPED: no Kubernetes components in target/k8s/bin (`cargo xtask ci --provision-only` builds them)"
+            );
+        }
+        found
+    }
+
     pub fn path(&self, component: &str) -> PathBuf {
         self.dir.join(component)
     }
