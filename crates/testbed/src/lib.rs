@@ -8,6 +8,7 @@
 //! need. Test code, not product code: nothing in `crates/image` uses it.
 
 pub mod k8s;
+pub mod node;
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
