@@ -1857,16 +1857,25 @@ impl PodWorker {
             uid: Some(self.uid.clone()),
             resource_version: None,
         });
-        match api.delete(&self.pod.name_any(), &params).await {
-            Ok(_) => self
-                .shared
-                .log
-                .line(format!("pod {}: deleted", self.label())),
-            Err(e) if is_api(&e, 404) || is_api(&e, 409) => {}
-            Err(e) => self
-                .shared
-                .log
-                .line(format!("pod {}: deleting it: {e}", self.label())),
+        // A few attempts: nothing else would delete the pod once this worker is gone.
+        for attempt in 1..=5 {
+            match api.delete(&self.pod.name_any(), &params).await {
+                Ok(_) => {
+                    self.shared
+                        .log
+                        .line(format!("pod {}: deleted", self.label()));
+                    return;
+                }
+                // Gone already, or another pod of that name (the precondition failed).
+                Err(e) if is_api(&e, 404) || is_api(&e, 409) => return,
+                Err(e) => {
+                    self.shared.log.line(format!(
+                        "pod {}: deleting it (attempt {attempt}): {e}",
+                        self.label()
+                    ));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     }
 }

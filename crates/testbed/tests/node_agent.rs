@@ -21,14 +21,7 @@ fn required() -> bool {
 
 /// The components, a Docker engine, docker-registry and busybox, or a SKIPPED line.
 fn prerequisites() -> Option<Binaries> {
-    let Some(bin) = Binaries::find() else {
-        assert!(
-            !required(),
-            "the real tier is required but target/k8s/bin has no components"
-        );
-        eprintln!("SKIPPED: no Kubernetes components in target/k8s/bin");
-        return None;
-    };
+    let bin = Binaries::for_tests()?;
     let engine = Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
         .output()
