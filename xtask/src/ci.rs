@@ -93,6 +93,8 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
             "kubemark-testbed",
             "--test",
             "control_plane",
+            "--test",
+            "node_agent",
             "-p",
             "kubemark-sim",
             "--test",

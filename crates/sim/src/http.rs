@@ -1017,19 +1017,18 @@ async fn patch_request(
         let unknown = validate::unknown_fields(res, &body);
         if let Some(field) = unknown.first() {
             let r = &RESOURCES[res];
+            let object = if ns.is_empty() {
+                name.clone()
+            } else {
+                format!("{ns}/{name}")
+            };
+            // Go's GroupVersionKind: `apps/v1, Kind=X`, and `/v1, Kind=X` for the core group.
+            let (group, version, kind) = (r.group, r.version, r.kind);
             return Err(ApiError::new(
                 500,
                 "",
                 format!(
-                    "failed to create typed patch object ({}{name}; {}, Kind={}): .{field}: field not declared in schema",
-                    if ns.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{ns}/")
-                    },
-                    // Go's GroupVersionKind: `apps/v1, Kind=X`, and `/v1, Kind=X` for the core group.
-                    format!("{}/{}", r.group, r.version),
-                    r.kind
+                    "failed to create typed patch object ({object}; {group}/{version}, Kind={kind}): .{field}: field not declared in schema"
                 ),
             ));
         }

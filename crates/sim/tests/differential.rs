@@ -61,7 +61,7 @@ fn normalise(text: &str) -> String {
     for line in text.lines() {
         let words: Vec<String> = line
             .split_whitespace()
-            .map(|w| without_uuids(w))
+            .map(without_uuids)
             .map(|w| {
                 let age = w.len() <= 8
                     && w.chars().next().is_some_and(|c| c.is_ascii_digit())
