@@ -816,6 +816,19 @@ async fn undefined_placeholders_and_bad_flags_are_usage_errors() {
             "deploy fills `hollow_node_labels` itself",
         ),
         (
+            vec![
+                "--replicas",
+                "2",
+                "--node-labels",
+                "kubemark.dev/hollow-node=prod",
+            ],
+            "`kubemark.dev/hollow-node` is deploy's own label",
+        ),
+        (
+            vec!["--replicas", "2", "--timeout", "10000000000000000000h"],
+            "longer than a week",
+        ),
+        (
             vec!["--replicas", "2", "--node-labels", "zone"],
             "is not key=value",
         ),
@@ -1161,9 +1174,9 @@ async fn a_namespace_deploy_created_is_kept_while_it_holds_what_deploy_did_not_m
     let run = c.run(&["destroy"], &[]).await;
     run.assert_code(0);
     assert!(
-        run.stdout.contains("1 configmap(s), the namespace")
-            || run.stdout.contains("the namespace"),
-        "{}",
+        run.stdout
+            .contains("0 secret(s), 0 configmap(s), the namespace, 0 hollow node(s)"),
+        "only the namespace was left to delete: {}",
         run.stdout
     );
     assert!(!has(&c, idx::NAMESPACES, "", "kubemark"));
@@ -1267,9 +1280,12 @@ async fn destroy_retries_broken_watches_and_names_the_side_when_time_runs_out() 
 
     // Watches that fail half the time and streams cut after every event: the
     // wait goes on through them and ends when the node is really gone.
-    let flaky =
-        kubemark_sim::Faults::parse_errors("watch:nodes:500:0.5,watch:pods:500:0.5").unwrap();
-    c.master.shared().injector.set_errors(flaky);
+    // (Both sides: the namespace's watch on the external cluster, the nodes' on the master.)
+    let flaky = |resource: &str| {
+        kubemark_sim::Faults::parse_errors(&format!("watch:{resource}:500:0.5")).unwrap()
+    };
+    c.master.shared().injector.set_errors(flaky("nodes"));
+    c.external.shared().injector.set_errors(flaky("namespaces"));
     let shared = Arc::clone(c.master.shared());
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1500,10 +1516,38 @@ fn a_master_kubeconfig_of_the_wrong_shape_is_said_as_such() {
     ]);
     run.assert_code(2);
     assert!(
-        run.stderr.contains("`clusters: 42` is not a list"),
+        run.stderr.contains("`clusters` is a number, not a list"),
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn a_malformed_users_entry_is_named_without_printing_its_token() {
+    let env = Env::new();
+    let master = env.path("master.kubeconfig");
+    std::fs::write(
+        &master,
+        "apiVersion: v1\nkind: Config\nusers:\n  name: admin\n  user: {token: s3cr3t-t0ken}\n",
+    )
+    .unwrap();
+    let run = env.xtask(&[
+        "deploy",
+        "render",
+        "--master-kubeconfig",
+        master.to_str().unwrap(),
+        "--replicas",
+        "1",
+        "--image",
+        "r.io/kubemark:v1",
+    ]);
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("`users` is a mapping, not a list"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("s3cr3t") && !run.stdout.contains("s3cr3t"));
 }
 
 #[test]
@@ -1629,8 +1673,8 @@ async fn a_cluster_that_does_not_answer_says_why_and_what_to_do() {
         (
             "clusters: 42",
             "apiVersion: v1\nkind: Config\nclusters: 42\n".to_owned(),
-            "cannot read the external cluster's kubeconfig",
-            "`clusters: 42` is not a list",
+            "the external cluster's kubeconfig",
+            "`clusters` is a number, not a list",
         ),
     ];
     for (name, kubeconfig, message, hint) in cases {
@@ -1669,4 +1713,41 @@ async fn a_cluster_that_does_not_answer_says_why_and_what_to_do() {
         );
         assert!(!has(&c, idx::NAMESPACES, "", "kubemark"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn destroy_leaves_a_ready_hollow_node_no_pod_of_ours_runs() {
+    let c = Clusters::default().await;
+    c.deploy(&["--replicas", "2"]).await.assert_code(0);
+    // Another external cluster's live hollow node, deployed into a namespace of
+    // the same name against this master: same label, Ready, not ours.
+    let now = kubemark_sim::meta::now_rfc3339();
+    c.master
+        .store()
+        .create(
+            idx::NODES,
+            serde_json::json!({
+                "metadata": {"name": "hollow-node-other", "labels": {"kubemark.dev/hollow-node": "kubemark"}},
+                "status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": now, "lastTransitionTime": now}]},
+            }),
+        )
+        .unwrap();
+    let run = c.run(&["destroy"], &[]).await;
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("left: Node hollow-node-other on the master: labelled for namespace kubemark and Ready, but no pod of this deploy runs it"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("2 hollow node(s) on the master"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        c.master
+            .store()
+            .get(idx::NODES, "", "hollow-node-other")
+            .is_some()
+    );
 }

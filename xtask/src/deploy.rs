@@ -131,7 +131,7 @@ pub struct DeployArgs {
 pub enum Action {
     /// Counts, the diagnosis, and which hollow node runs in which pod on which external node.
     Status(ClusterArgs),
-    /// Delete what deploy made on both clusters (never a real node) and wait until it is gone.
+    /// Delete what deploy made on both clusters, and only that, and wait until it is gone.
     Destroy {
         #[command(flatten)]
         cluster: ClusterArgs,
@@ -274,6 +274,14 @@ pub fn duration(origin: &str, text: &str) -> Result<Duration, Failure> {
         return Err(Failure::usage(
             format!("{origin} {text}: a timeout of zero would fail before anything could happen"),
             "give a time to wait, e.g. 90s or 10m",
+        ));
+    }
+    // A week is longer than any bring-up; beyond it is a typo (and would overflow a clock).
+    const WEEK: u64 = 7 * 24 * 3600;
+    if secs > WEEK {
+        return Err(Failure::usage(
+            format!("{origin} {text}: longer than a week"),
+            "give at most 168h; deploy can be run again to wait more",
         ));
     }
     Ok(Duration::from_secs(secs))
@@ -480,6 +488,18 @@ fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result
             .or(file.node_labels.clone())
             .unwrap_or_default(),
     )?;
+    if let Some((k, _)) = node_labels
+        .iter()
+        .find(|(k, _)| k.starts_with("kubemark.dev/"))
+    {
+        return Err(Failure::usage(
+            format!(
+                "{}: `{k}` is deploy's own label (it is how status and destroy find the hollow nodes)",
+                from("node_labels", "KUBEMARK_NODE_LABELS")
+            ),
+            "choose a key outside kubemark.dev/, e.g. --node-labels tier=hollow",
+        ));
+    }
     let taints = a
         .register_with_taints
         .clone()
@@ -576,7 +596,9 @@ pub fn with_interrupt<'a, T>(
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     cancel.cancel();
-                    renderer.line("interrupted: stopping; everything stays as it is (Ctrl-C again to quit now)");
+                    renderer.line(
+                        "interrupted: stopping at the next safe point (Ctrl-C again to quit now)",
+                    );
                     if tokio::signal::ctrl_c().await.is_ok() {
                         std::process::exit(i32::from(report::INTERRUPTED));
                     }
@@ -782,7 +804,8 @@ fn destroy(
     let cl = clusters(c, matches, global).map_err(|f| f.json(json))?;
     let timeout = timeout
         .map(|t| duration("--timeout", t))
-        .transpose()?
+        .transpose()
+        .map_err(|f| f.json(json))?
         .unwrap_or(Duration::from_secs(600));
     let renderer = Renderer::new(global.verbose);
     let events = renderer.deploy_events();
@@ -800,7 +823,14 @@ fn destroy(
             .await
         })
     })?;
-    let d = result.map_err(|e| failure(e).json(json))?;
+    let d = result.map_err(|e| {
+        let cancelled = matches!(e, Error::Cancelled);
+        let mut f = failure(e);
+        if cancelled {
+            f.hint = Some("the deletions already sent go on in the clusters; run destroy again to finish (it deletes only what is still there and deploy's)".into());
+        }
+        f.json(json)
+    })?;
     print_destroyed(&d, json);
     Ok(())
 }
@@ -940,6 +970,12 @@ mod tests {
         assert_eq!(duration("--t", "10m").unwrap(), Duration::from_secs(600));
         assert_eq!(duration("--t", "90").unwrap(), Duration::from_secs(90));
         assert!(duration("--t", "soon").is_err());
+        assert!(
+            duration("--t", "10000000000000000000h").is_err(),
+            "no overflow"
+        );
+        assert!(duration("--t", "169h").is_err());
+        assert!(duration("--t", "168h").is_ok());
         let zero = duration("KUBEMARK_TIMEOUT", "0s").unwrap_err();
         assert!(
             zero.message.contains("KUBEMARK_TIMEOUT 0s"),

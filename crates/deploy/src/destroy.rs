@@ -79,11 +79,9 @@ pub async fn destroy(
     let mut done = Destroyed::default();
     let ext = |doing: String| Error::api(Side::External, doing);
     let rc_api: Api<ReplicationController> = Api::namespaced(external.client.clone(), namespace);
-    let rcs: Vec<ReplicationController> = list_or_none(&rc_api, "ReplicationControllers")
-        .await?
-        .into_iter()
-        .filter(managed_by_us)
-        .collect();
+    let all_rcs = list_or_none(&rc_api, "ReplicationControllers").await?;
+    let existing_rcs: BTreeSet<String> = all_rcs.iter().filter_map(|r| r.uid()).collect();
+    let rcs: Vec<ReplicationController> = all_rcs.into_iter().filter(managed_by_us).collect();
     let rc_uids: BTreeSet<String> = rcs.iter().filter_map(|r| r.uid()).collect();
     let pod_api: Api<Pod> = Api::namespaced(external.client.clone(), namespace);
     let pods: Vec<Pod> = list_or_none(&pod_api, "pods")
@@ -91,6 +89,7 @@ pub async fn destroy(
         .into_iter()
         .filter(|p| owned_by(p, &rc_uids))
         .collect();
+    let pod_names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
     for rc in &rcs {
         let name = rc.name_any();
         delete(&rc_api, &name, &DeleteParams::background())
@@ -107,7 +106,7 @@ pub async fn destroy(
         .await
         .map_err(ext("reading the namespace".into()))?;
     let foreign = match &ns {
-        Some(_) => foreign_objects(external, namespace, &rc_uids).await,
+        Some(_) => foreign_objects(external, namespace, &rc_uids, &existing_rcs).await,
         None => Ok(Vec::new()),
     };
     match (&ns, &foreign) {
@@ -152,7 +151,26 @@ pub async fn destroy(
         }
     }
 
-    let nodes = crate::wait::hollow_nodes(master, namespace).await?;
+    let labelled = crate::wait::hollow_nodes(master, namespace).await?;
+    // A hollow node is ours when one of our pods runs it (its name is the pod's);
+    // one no pod of ours runs is ours to delete only when it is dead (NotReady):
+    // a Ready one is somebody's live hollow node, e.g. another external
+    // cluster's deploy into a namespace of the same name on this master.
+    let (nodes, live_others): (Vec<Node>, Vec<Node>) = labelled
+        .into_iter()
+        .partition(|n| pod_names.contains(&n.name_any()) || !crate::diagnose::node_ready(n));
+    for n in live_others.iter().take(LEFT_SHOWN) {
+        done.left.push(format!(
+            "Node {} on the master: labelled for namespace {namespace} and Ready, but no pod of this deploy runs it (another external cluster's?)",
+            n.name_any()
+        ));
+    }
+    if live_others.len() > LEFT_SHOWN {
+        done.left.push(format!(
+            "... and {} more such Node(s)",
+            live_others.len() - LEFT_SHOWN
+        ));
+    }
     let node_api: Api<Node> = Api::all(master.client.clone());
     for n in &nodes {
         let name = n.name_any();
@@ -187,10 +205,11 @@ pub async fn destroy(
         )
         .await?;
     }
+    let deleted_nodes: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
     until_gone(
         node_api,
         watcher::Config::default().labels(&format!("{NODE_LABEL}={namespace}")),
-        |_: &Node| true,
+        move |n: &Node| deleted_nodes.contains(&n.name_any()),
         Side::Master,
         &format!("the hollow nodes of namespace {namespace}"),
         deadline,
@@ -215,7 +234,9 @@ pub async fn destroy(
     Ok(done)
 }
 
-/// Both clusters answer, and the credentials may do every delete destroy does.
+/// Both clusters answer, and the credentials may do every delete destroy does
+/// (deleting the namespace only when destroy would: a namespace admin who may
+/// not delete namespaces can still destroy in a namespace deploy did not create).
 async fn preflight(
     external: &Cluster,
     master: &Cluster,
@@ -224,23 +245,29 @@ async fn preflight(
 ) -> Result<()> {
     crate::preflight::version(external).await?;
     crate::preflight::version(master).await?;
+    let ns_api: Api<Namespace> = Api::all(external.client.clone());
+    let deletes_namespace = crate::retry::call(|| ns_api.get_opt(namespace))
+        .await
+        .map_err(Error::api(Side::External, "reading the namespace"))?
+        .is_some_and(|n| created_by_us(&n));
     let ns = Some(namespace);
-    crate::preflight::permissions(
-        external,
-        &[
-            ("list", "", "replicationcontrollers", "", ns),
-            ("delete", "", "replicationcontrollers", "", ns),
-            ("list", "", "secrets", "", ns),
-            ("delete", "", "secrets", "", ns),
-            ("list", "", "configmaps", "", ns),
-            ("delete", "", "configmaps", "", ns),
-            ("watch", "", "pods", "", ns),
-            ("get", "", "namespaces", "", None),
+    let mut checks = vec![
+        ("list", "", "replicationcontrollers", "", ns),
+        ("delete", "", "replicationcontrollers", "", ns),
+        ("list", "", "secrets", "", ns),
+        ("delete", "", "secrets", "", ns),
+        ("list", "", "configmaps", "", ns),
+        ("delete", "", "configmaps", "", ns),
+        ("list", "", "pods", "", ns),
+        ("watch", "", "pods", "", ns),
+    ];
+    if deletes_namespace {
+        checks.extend([
             ("delete", "", "namespaces", "", None),
-        ],
-        events,
-    )
-    .await?;
+            ("watch", "", "namespaces", "", None),
+        ]);
+    }
+    crate::preflight::permissions(external, &checks, events).await?;
     crate::preflight::permissions(
         master,
         &[
@@ -338,11 +365,14 @@ fn made_by_the_cluster(kind: &str, obj: &DynamicObject) -> bool {
 }
 
 /// Everything in the namespace that deploy did not make, as `Kind name`
-/// (discovery of every namespaced, listable type; events and metrics aside).
+/// (discovery of every namespaced, listable type in every served version;
+/// events and metrics aside). Best effort: an object created after this list
+/// and before the namespace's delete goes with the namespace.
 async fn foreign_objects(
     external: &Cluster,
     namespace: &str,
     rc_uids: &BTreeSet<String>,
+    existing_rcs: &BTreeSet<String>,
 ) -> std::result::Result<Vec<String>, String> {
     let discovery = Discovery::new(external.client.clone())
         .exclude(&["events.k8s.io", "metrics.k8s.io"])
@@ -350,8 +380,15 @@ async fn foreign_objects(
         .await
         .map_err(|e| format!("discovery failed: {}", crate::error::describe(&e)))?;
     let mut foreign = Vec::new();
+    // Every version the server serves, not only the preferred one: a type
+    // served only in v1alpha1 of a group that prefers v1 holds objects too.
+    // The same objects under another version of the same resource are listed once.
+    let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
     for group in discovery.groups() {
-        for (resource, caps) in group.recommended_resources() {
+        for (resource, caps) in group.resources_by_stability() {
+            if !seen.insert((resource.group.clone(), resource.plural.clone())) {
+                continue;
+            }
             if caps.scope != Scope::Namespaced
                 || !caps.supports_operation(verbs::LIST)
                 || (resource.group.is_empty() && resource.kind == "Event")
@@ -372,8 +409,17 @@ async fn foreign_objects(
                         )
                     })?;
                 for obj in &page.items {
+                    // A pod whose ReplicationController is gone (an earlier
+                    // destroy deleted it) is the garbage collector's to delete.
+                    let collected = resource.kind == "Pod"
+                        && obj.owner_references().iter().any(|o| {
+                            o.kind == "ReplicationController"
+                                && o.controller == Some(true)
+                                && !existing_rcs.contains(&o.uid)
+                        });
                     let ours = managed_by_us(obj)
                         || owned_by(obj, rc_uids)
+                        || collected
                         || made_by_the_cluster(&resource.kind, obj);
                     // Something on its way out (a pod of an RC an earlier destroy
                     // deleted, being collected) does not keep the namespace.

@@ -157,7 +157,6 @@ impl Error {
         matches!(
             self,
             Error::Usage(_)
-                | Error::Kubeconfig { .. }
                 | Error::MasterKubeconfig { .. }
                 | Error::Undefined { .. }
                 | Error::Template { .. }

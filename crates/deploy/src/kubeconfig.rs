@@ -55,6 +55,15 @@ impl Source {
     }
 }
 
+/// A kubeconfig file that cannot be used as written: bad input (exit 2), as
+/// opposed to a credential plugin that fails or a server that does not answer.
+fn bad_file(side: Side, path: &Path, reason: &str) -> Error {
+    Error::Usage(format!(
+        "the {side}'s kubeconfig {} cannot be used: {reason}",
+        path.display()
+    ))
+}
+
 /// The lists a kubeconfig holds must be lists of named entries: `clusters: 42`
 /// is said as such, not as a missing context further on.
 fn check_shape(text: &str) -> std::result::Result<(), String> {
@@ -64,6 +73,15 @@ fn check_shape(text: &str) -> std::result::Result<(), String> {
             "it is not a kubeconfig (a YAML mapping with clusters, users and contexts)".into(),
         );
     }
+    // Say where and what type, never the value: a users entry holds a token.
+    let kind = |v: &Value| match v {
+        Value::Null => "empty",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    };
     for (list, entry) in [
         ("clusters", "cluster"),
         ("users", "user"),
@@ -72,18 +90,20 @@ fn check_shape(text: &str) -> std::result::Result<(), String> {
         match doc.get(list) {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
-                if let Some(bad) = items
+                if let Some(i) = items
                     .iter()
-                    .find(|i| i.get("name").and_then(Value::as_str).is_none())
+                    .position(|i| i.get("name").and_then(Value::as_str).is_none())
                 {
                     return Err(format!(
-                        "an entry of `{list}` has no name: {bad}; each is `- name: NAME` with `{entry}:` under it"
+                        "entry {} of `{list}` has no name; each is `- name: NAME` with `{entry}:` under it",
+                        i + 1
                     ));
                 }
             }
             Some(other) => {
                 return Err(format!(
-                    "`{list}: {other}` is not a list; `{list}` holds entries `- name: NAME` with `{entry}:` under each"
+                    "`{list}` is {}, not a list; it holds entries `- name: NAME` with `{entry}:` under each",
+                    kind(other)
                 ));
             }
         }
@@ -104,7 +124,7 @@ pub async fn connect(side: Side, source: &Source) -> Result<Cluster> {
         reason,
     };
     let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
-    check_shape(&text).map_err(fail)?;
+    check_shape(&text).map_err(|e| bad_file(side, &path, &e))?;
     let kubeconfig = Kubeconfig::read_from(&path).map_err(|e| fail(e.to_string()))?;
     let context = match &source.context {
         Some(c) => c.clone(),
@@ -202,7 +222,7 @@ pub fn for_pods(source: &Source, allow_loopback: bool) -> Result<PodKubeconfig> 
         reason,
     };
     let text = std::fs::read_to_string(&path).map_err(|e| read_err(e.to_string()))?;
-    check_shape(&text).map_err(read_err)?;
+    check_shape(&text).map_err(|e| bad_file(Side::Master, &path, &e))?;
     let doc: Value = serde_yaml::from_str(&text).map_err(|e| read_err(format!("not YAML: {e}")))?;
     let dir = path.parent().map(Path::to_owned).unwrap_or_default();
     let context_name = match &source.context {

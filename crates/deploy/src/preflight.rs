@@ -538,19 +538,29 @@ pub async fn run(
         }
     }
     skew(&spec.image.tag, &master_version, events);
+    // The namespace first: a user who may work in an existing namespace but not
+    // create namespaces (a namespace admin) needs no cluster-wide right.
+    let namespace_exists = ownership(spec, plan, external, events).await?;
     let ns = Some(spec.namespace.as_str());
+    let create_namespace: &[(&str, &str, &str, &str, Option<&str>)] = if namespace_exists {
+        &[]
+    } else {
+        &[("create", "", "namespaces", "", None)]
+    };
     permissions(
         external,
         &[
-            ("create", "", "namespaces", "", None),
-            ("patch", "", "namespaces", "", None),
-            ("patch", "", "secrets", "", ns),
-            ("patch", "", "configmaps", "", ns),
-            ("patch", "", "replicationcontrollers", "", ns),
-            ("watch", "", "pods", "", ns),
-            ("get", "", "pods", "log", ns),
-            ("list", "", "events", "", ns),
-        ],
+            create_namespace,
+            &[
+                ("patch", "", "secrets", "", ns),
+                ("patch", "", "configmaps", "", ns),
+                ("patch", "", "replicationcontrollers", "", ns),
+                ("watch", "", "pods", "", ns),
+                ("get", "", "pods", "log", ns),
+                ("list", "", "events", "", ns),
+            ],
+        ]
+        .concat(),
         events,
     )
     .await?;
@@ -563,34 +573,45 @@ pub async fn run(
         events,
     )
     .await?;
-    let namespace_exists = ownership(spec, plan, external, events).await?;
     for name in &plan.foreign_configmaps {
         events.warn(format!(
             "the template mounts the configmap `{name}`, which deploy does not create"
         ));
     }
-    let (fits, details, existing) = capacity(external, spec, plan).await?;
+    // A namespace admin may not list the cluster's nodes: with
+    // --skip-capacity-check that is a warning, not a stop.
+    let measured = match capacity(external, spec, plan).await {
+        Ok(m) => Some(m),
+        Err(e) if spec.skip_capacity_check => {
+            events.warn(format!("capacity not checked (--skip-capacity-check): {e}"));
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let existing = measured.as_ref().map_or(0, |m| m.2);
     if namespace_exists {
         admission(spec, plan, external, events).await?;
         quotas(spec, plan, external, existing).await?;
     }
-    let needed = u64::from(spec.replicas).saturating_sub(existing);
-    if fits < needed {
-        if spec.skip_capacity_check {
-            events.warn(format!(
-                "room for {fits} more hollow-node pods, {needed} needed (--skip-capacity-check)"
-            ));
+    if let Some((fits, details, _)) = measured {
+        let needed = u64::from(spec.replicas).saturating_sub(existing);
+        if fits < needed {
+            if spec.skip_capacity_check {
+                events.warn(format!(
+                    "room for {fits} more hollow-node pods, {needed} needed (--skip-capacity-check)"
+                ));
+            } else {
+                return Err(Error::Capacity {
+                    needed,
+                    fits,
+                    details,
+                });
+            }
         } else {
-            return Err(Error::Capacity {
-                needed,
-                fits,
-                details,
-            });
+            events.note(format!(
+                "room for {fits} more hollow-node pods, {needed} needed"
+            ));
         }
-    } else {
-        events.note(format!(
-            "room for {fits} more hollow-node pods, {needed} needed"
-        ));
     }
     Ok(Findings {
         external_version,
