@@ -323,3 +323,259 @@ fn pod_security_quota_and_limit_range_are_diagnosed_before_anything_is_written()
         ],
     );
 }
+
+/// The project's template without its init container, which raises inotify
+/// limits through a privileged `sysctl`: privileged containers cannot start on
+/// this machine, so the node agent could only fail it.
+fn template_without_privileged_init(dir: &std::path::Path) -> std::path::PathBuf {
+    let full = kubemark_deploy::template::SIMPLIFIED;
+    let start = full.find("      initContainers:").unwrap();
+    let end = full.find("      volumes:").unwrap();
+    let path = dir.join("hollow-node-unprivileged.yaml");
+    std::fs::write(&path, format!("{}{}", &full[..start], &full[end..])).unwrap();
+    path
+}
+
+/// Hollow nodes of namespace `kubemark` on the master, and how many are Ready.
+fn hollow_nodes(master: &ControlPlane) -> (usize, usize) {
+    let out = master
+        .kubectl(&[
+            "get",
+            "nodes",
+            "-l",
+            "kubemark.dev/hollow-node=kubemark",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    let ready = lines.iter().filter(|l| l.ends_with(" True")).count();
+    (lines.len(), ready)
+}
+
+/// The setup guide end to end on real parts: a kubernetes checkout whose `make`
+/// builds the real kubemark v1.37.2, `cargo xtask image` pushing it to a real
+/// registry, and `cargo xtask deploy` making the real hollow kubelets (run by
+/// the node agent as Docker containers on the external cluster) register Ready
+/// Nodes on the real master; re-run, scale 5 → 8 → 3, status, destroy twice.
+#[test]
+fn the_whole_guide_on_real_parts() {
+    if Binaries::for_tests().is_none() {
+        return;
+    }
+    let engine = std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !kubemark_testbed::installed("docker-registry") || !engine {
+        assert!(
+            std::env::var_os("KUBEMARK_REQUIRE_REAL").is_none(),
+            "the real tier is required but docker-registry or the Docker engine is missing"
+        );
+        eprintln!("SKIPPED: no docker-registry or no Docker engine");
+        return;
+    }
+    let registry = support::Registry::start();
+    let r = Real::start().unwrap();
+    let checkout =
+        kubemark_testbed::k8s::real_kubemark_checkout(&r.env.path("repos"), "kubernetes").unwrap();
+
+    // Step 1 of the guide: build the real kubemark and its image, push it.
+    let source = r.env.path("checkout");
+    let run = r.env.xtask(&[
+        "image",
+        "--tag",
+        "v1.37.2-e2e",
+        "--registry",
+        &registry.addr,
+        "--kubernetes-repo",
+        checkout.dir.to_str().unwrap(),
+        "--source-dir",
+        source.to_str().unwrap(),
+    ]);
+    run.assert_code(0);
+    assert!(
+        registry.digest("kubemark", "v1.37.2-e2e").is_some(),
+        "pushed: {}",
+        run.stderr
+    );
+
+    // Nodes for the external cluster: the node agent runs their pods in Docker.
+    let agent = kubemark_testbed::node::NodeAgent::start(
+        &r.external,
+        kubemark_testbed::node::Config::new(&["worker-1", "worker-2"], host_ip()),
+    )
+    .unwrap();
+    // A new Node carries the not-ready taint until the real node lifecycle
+    // controller has seen it Ready; until then nothing schedules there (and
+    // deploy's capacity check counts no room, rightly).
+    eventually(
+        "two Ready, untainted workers",
+        Duration::from_secs(60),
+        || {
+            r.get(&[
+                "nodes",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}:{.spec.taints}{\"\\n\"}{end}",
+            ])
+            .is_some_and(|out| {
+                let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+                lines.len() == 2 && lines.iter().all(|l| l.ends_with(':'))
+            })
+        },
+    );
+    let template = template_without_privileged_init(&r.env.path("."));
+    let deploy = |replicas: &str| {
+        r.xtask(
+            &[],
+            None,
+            &[
+                "--replicas",
+                replicas,
+                "--template",
+                template.to_str().unwrap(),
+                "--timeout",
+                "240s",
+            ],
+        )
+    };
+
+    // Step 2: the image from image.json, 5 hollow nodes Ready on the real master.
+    let run = deploy("5");
+    if run.code != 0 {
+        eprintln!("{}", agent.log_tail(60));
+    }
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("5 hollow nodes Ready in namespace kubemark"),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(hollow_nodes(&r.master), (5, 5));
+    // The real hollow kubelet registered with the version of the image it runs.
+    let versions = r
+        .master
+        .kubectl(&[
+            "get",
+            "nodes",
+            "-l",
+            "kubemark.dev/hollow-node=kubemark",
+            "-o",
+            "jsonpath={.items[*].status.nodeInfo.kubeletVersion}",
+        ])
+        .unwrap();
+    assert!(
+        versions.split_whitespace().all(|v| v == "v1.37.2"),
+        "{versions}"
+    );
+
+    // The same deploy again changes nothing.
+    let run = deploy("5");
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains("ReplicationController hollow-node unchanged"),
+        "{}",
+        run.stderr
+    );
+
+    // Scale up, then down: the master's stale Nodes go.
+    deploy("8").assert_code(0);
+    assert_eq!(hollow_nodes(&r.master), (8, 8));
+    let run = deploy("3");
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("deleted 5 stale hollow node(s)"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(hollow_nodes(&r.master), (3, 3));
+
+    let run = r.xtask(&["status"], None, &["--output", "json"]);
+    run.assert_code(0);
+    let status = run.json();
+    assert_eq!(
+        (
+            status["wanted"].as_i64(),
+            status["running"].as_i64(),
+            status["ready"].as_i64()
+        ),
+        (Some(3), Some(3), Some(3)),
+        "{status}"
+    );
+
+    // destroy: everything of ours on both sides, twice is fine.
+    let run = r.xtask(&["destroy"], None, &["--timeout", "180s"]);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("the namespace, 3 hollow node(s)"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(hollow_nodes(&r.master).0, 0);
+    assert!(r.get(&["namespace", "kubemark"]).is_none());
+    let run = r.xtask(&["destroy"], None, &[]);
+    run.assert_code(0);
+    assert!(run.stdout.contains("nothing to destroy"), "{}", run.stdout);
+    drop(agent);
+}
+
+#[test]
+fn a_namespace_admin_deploys_and_destroys_without_cluster_wide_rights() {
+    let Some(r) = Real::start() else { return };
+    r.external
+        .kubectl(&["create", "namespace", "team"])
+        .unwrap();
+    // Kubernetes' own `admin` role, bound in one namespace only.
+    r.external
+        .kubectl(&[
+            "-n",
+            "team",
+            "create",
+            "rolebinding",
+            "team-admin",
+            "--clusterrole=admin",
+            "--user=team-admin",
+        ])
+        .unwrap();
+    let admin = r.external.kubeconfig_for("team-admin", None).unwrap();
+    let run = r.xtask(
+        &[],
+        Some(&admin),
+        &[
+            "--namespace",
+            "team",
+            "--image",
+            "127.0.0.1:5000/kubemark:v1.37.2",
+            "--replicas",
+            "2",
+            "--no-wait",
+            "--skip-capacity-check",
+        ],
+    );
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains("capacity not checked (--skip-capacity-check)"),
+        "{}",
+        run.stderr
+    );
+    let run = r.xtask(
+        &["destroy"],
+        Some(&admin),
+        &["--namespace", "team", "--timeout", "120s"],
+    );
+    run.assert_code(0);
+    assert!(
+        run.stdout
+            .contains("destroyed: 1 ReplicationController(s) with 2 pod(s), 1 secret(s)")
+            && run
+                .stdout
+                .contains("left: namespace team: kept, deploy did not create it"),
+        "{}",
+        run.stdout
+    );
+    assert!(r.get(&["namespace", "team"]).is_some());
+}
