@@ -353,16 +353,12 @@ fn hollow_nodes(master: &ControlPlane) -> (usize, usize) {
     (lines.len(), ready)
 }
 
-/// The setup guide end to end on real parts: a kubernetes checkout whose `make`
-/// builds the real kubemark v1.37.2, `cargo xtask image` pushing it to a real
-/// registry, and `cargo xtask deploy` making the real hollow kubelets (run by
-/// the node agent as Docker containers on the external cluster) register Ready
-/// Nodes on the real master; re-run, scale 5 → 8 → 3, status, destroy twice.
-#[test]
-fn the_whole_guide_on_real_parts() {
-    if Binaries::for_tests().is_none() {
-        return;
-    }
+/// Real parts for the guide: a registry holding the real kubemark image (built
+/// by `cargo xtask image` from a fixture checkout whose `make` builds it with
+/// Go), two real control planes, and the node agent with two Ready, untainted
+/// workers on the external one.
+fn real_parts() -> Option<(support::Registry, Real, kubemark_testbed::node::NodeAgent)> {
+    Binaries::for_tests()?;
     let engine = std::process::Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
         .output()
@@ -373,7 +369,7 @@ fn the_whole_guide_on_real_parts() {
             "the real tier is required but docker-registry or the Docker engine is missing"
         );
         eprintln!("SKIPPED: no docker-registry or no Docker engine");
-        return;
+        return None;
     }
     let registry = support::Registry::start();
     let r = Real::start().unwrap();
@@ -424,6 +420,19 @@ fn the_whole_guide_on_real_parts() {
             })
         },
     );
+    Some((registry, r, agent))
+}
+
+/// The setup guide end to end on real parts: a kubernetes checkout whose `make`
+/// builds the real kubemark v1.37.2, `cargo xtask image` pushing it to a real
+/// registry, and `cargo xtask deploy` making the real hollow kubelets (run by
+/// the node agent as Docker containers on the external cluster) register Ready
+/// Nodes on the real master; re-run, scale 5 → 8 → 3, status, destroy twice.
+#[test]
+fn the_whole_guide_on_real_parts() {
+    let Some((_registry, r, agent)) = real_parts() else {
+        return;
+    };
     let template = template_without_privileged_init(&r.env.path("."));
     let deploy = |replicas: &str| {
         r.xtask(
@@ -578,4 +587,61 @@ fn a_namespace_admin_deploys_and_destroys_without_cluster_wide_rights() {
         run.stdout
     );
     assert!(r.get(&["namespace", "team"]).is_some());
+}
+
+/// kube-apiserver restarted on both clusters in the middle of the wait: the
+/// watches resume (and the real hollow kubelets reconnect), the deploy finishes.
+#[test]
+fn the_wait_survives_both_api_servers_restarting() {
+    let Some((_registry, mut r, agent)) = real_parts() else {
+        return;
+    };
+    let template = template_without_privileged_init(&r.env.path("."));
+    let e = r.external.admin_kubeconfig.display().to_string();
+    let m = r.master.admin_kubeconfig.display().to_string();
+    let mut args = vec![
+        "deploy",
+        "--external-kubeconfig",
+        &e,
+        "--master-kubeconfig",
+        &m,
+        "--replicas",
+        "4",
+        "--template",
+        template.to_str().unwrap(),
+        "--timeout",
+        "240s",
+    ];
+    if host_ip().is_loopback() {
+        args.push("--allow-loopback-master");
+    }
+    let mut child = r.env.spawn(&args);
+    // Once the wait has begun (the RC exists), cut both API servers.
+    eventually("the RC applied", Duration::from_secs(60), || {
+        r.get(&["-n", "kubemark", "rc", "hollow-node"]).is_some()
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "deploy is still waiting when the API servers go down"
+    );
+    r.external.restart_apiserver().unwrap();
+    r.master.restart_apiserver().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    if !out.status.success() {
+        eprintln!("{}", agent.log_tail(40));
+    }
+    assert!(
+        out.status.success(),
+        "deploy through the restarts: {stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("4 hollow nodes Ready in namespace kubemark"),
+        "{stdout}"
+    );
+    assert_eq!(hollow_nodes(&r.master), (4, 4));
+    drop(agent);
 }
