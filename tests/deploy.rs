@@ -1716,9 +1716,9 @@ async fn a_cluster_that_does_not_answer_says_why_and_what_to_do() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn destroy_leaves_a_ready_hollow_node_no_pod_of_ours_runs() {
+async fn a_ready_hollow_node_no_pod_of_ours_runs_is_left_by_scale_down_and_destroy() {
     let c = Clusters::default().await;
-    c.deploy(&["--replicas", "2"]).await.assert_code(0);
+    c.deploy(&["--replicas", "3"]).await.assert_code(0);
     // Another external cluster's live hollow node, deployed into a namespace of
     // the same name against this master: same label, Ready, not ours.
     let now = kubemark_sim::meta::now_rfc3339();
@@ -1732,6 +1732,20 @@ async fn destroy_leaves_a_ready_hollow_node_no_pod_of_ours_runs() {
             }),
         )
         .unwrap();
+    // A scale-down deletes the Node of the pod that went, not the other one.
+    let run = c.deploy(&["--replicas", "2"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("deleted 1 stale hollow node(s)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        c.master
+            .store()
+            .get(idx::NODES, "", "hollow-node-other")
+            .is_some()
+    );
     let run = c.run(&["destroy"], &[]).await;
     run.assert_code(0);
     assert!(

@@ -110,6 +110,7 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &Cancel) -> Result<Out
             spec.replicas, plan.template_name, spec.namespace
         ),
     );
+    let pods_before = wait::pod_names(&external, &spec.namespace, &plan.selector).await?;
     apply::run(&external.client, &spec.namespace, &plan, spec.adopt, events).await?;
     let summary = if spec.wait {
         events.stage(
@@ -128,6 +129,7 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &Cancel) -> Result<Out
                 &spec.namespace,
                 &plan.selector,
                 spec.replicas as usize,
+                &pods_before,
                 spec.timeout(),
                 events,
                 cancel,

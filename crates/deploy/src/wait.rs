@@ -3,7 +3,7 @@
 //! explained as they happen; stale Nodes of pods that went away (a scale-down)
 //! are deleted; the summary gives the times and registration latencies.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -181,7 +181,8 @@ fn quantile(mut xs: Vec<f64>, q: f64) -> Option<f64> {
 }
 
 /// Wait for `wanted` Running pods (selected by `selector` in `namespace`) and as
-/// many Ready nodes of the same names on the master.
+/// many Ready nodes of the same names on the master. `pods_before`: the names of
+/// our pods before the apply (a scale-down may delete them before the wait sees them).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     external: &Cluster,
@@ -189,6 +190,7 @@ pub async fn run(
     namespace: &str,
     selector: &str,
     wanted: usize,
+    pods_before: &BTreeSet<String>,
     timeout: Duration,
     events: &Events,
     cancel: &Cancel,
@@ -278,11 +280,20 @@ pub async fn run(
             all_ready = Some(started.elapsed().as_secs_f64());
         }
         if settled && running == wanted && ready == wanted {
-            // A scale-down (or replaced pods) leaves Nodes whose pods are gone: ours to delete.
+            // A scale-down (or replaced pods) leaves Nodes whose pods are gone:
+            // ours to delete when one of our pods had that name (before the
+            // apply, or during this wait), or when it is dead (NotReady). A
+            // Ready one no pod of ours ever ran is somebody else's live hollow
+            // node (another external cluster, same namespace name): left alone.
             let stale: Vec<String> = tally
                 .nodes
                 .keys()
                 .filter(|n| !tally.pods.contains_key(n.as_str()))
+                .filter(|n| {
+                    pods_before.contains(n.as_str())
+                        || pod_seen.contains_key(n.as_str())
+                        || tally.nodes.get(n.as_str()) != Some(&true)
+                })
                 .cloned()
                 .collect();
             let params = DeleteParams::default();
@@ -357,6 +368,25 @@ pub async fn snapshot(
         .await
         .map_err(Error::api(Side::External, "listing hollow-node pods"))?;
     Ok((pods.items, hollow_nodes(master, namespace).await?))
+}
+
+/// The names of the hollow-node pods `selector` picks in `namespace` (metadata only).
+pub async fn pod_names(
+    external: &Cluster,
+    namespace: &str,
+    selector: &str,
+) -> Result<BTreeSet<String>> {
+    let api: Api<Pod> = Api::namespaced(external.client.clone(), namespace);
+    let params = kube::api::ListParams::default().labels(selector);
+    match crate::retry::call(|| api.list_metadata(&params)).await {
+        Ok(list) => Ok(list
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(BTreeSet::new()),
+        Err(e) => Err(Error::api(Side::External, "listing hollow-node pods")(e)),
+    }
 }
 
 /// The master's Nodes that hollow nodes of `namespace` registered: those with
