@@ -1577,6 +1577,38 @@ fn flags_in_the_environment_are_named_as_the_environment() {
         "{}",
         run.stderr
     );
+    let mut env = Env::new();
+    env.set("KUBEMARK_NODE_LABELS", "zone");
+    let run = render_with(
+        &env,
+        "https://10.1.2.3:6443",
+        &["--replicas", "1", "--image", "r.io/kubemark:v1"],
+    );
+    run.assert_code(2);
+    assert!(
+        run.stderr
+            .contains("KUBEMARK_NODE_LABELS: `zone` is not key=value"),
+        "{}",
+        run.stderr
+    );
+    let env = Env::new();
+    std::fs::write(
+        env.path("kubemark.toml"),
+        "[deploy]\nkubelet-cpu = \"fast\"\n",
+    )
+    .unwrap();
+    let run = render_with(
+        &env,
+        "https://10.1.2.3:6443",
+        &["--replicas", "1", "--image", "r.io/kubemark:v1"],
+    );
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("kubelet-cpu under [deploy] in")
+            && run.stderr.contains("`fast` is not a CPU quantity"),
+        "{}",
+        run.stderr
+    );
     let env = Env::new();
     std::fs::write(env.path("kubemark.toml"), "[deploy]\ntimeout = \"0\"\n").unwrap();
     let run = render_with(

@@ -233,7 +233,7 @@ fn millicpu(flag: &str, q: &str) -> Result<u64, Failure> {
     match kubemark_deploy::plan::quantity(q) {
         Some(cores) if !q.ends_with('i') => Ok((cores * 1000.0).round() as u64),
         _ => Err(Failure::usage(
-            format!("--{flag} `{q}` is not a CPU quantity"),
+            format!("{flag} `{q}` is not a CPU quantity"),
             "e.g. 40m, 0.5 or 1",
         )),
     }
@@ -244,7 +244,7 @@ fn mem_ki(flag: &str, q: &str) -> Result<u64, Failure> {
     match kubemark_deploy::plan::quantity(q) {
         Some(bytes) if !q.ends_with('m') => Ok((bytes / 1024.0).ceil() as u64),
         _ => Err(Failure::usage(
-            format!("--{flag} `{q}` is not a memory quantity"),
+            format!("{flag} `{q}` is not a memory quantity"),
             "e.g. 100Mi, 50M or 1Gi",
         )),
     }
@@ -293,8 +293,8 @@ fn pairs(flag: &str, text: &str) -> Result<Vec<(String, String)>, Failure> {
         .map(|p| {
             let (k, v) = p.split_once('=').ok_or_else(|| {
                 Failure::usage(
-                    format!("--{flag}: `{p}` is not key=value"),
-                    format!("e.g. --{flag} zone=a,tier=hollow"),
+                    format!("{flag}: `{p}` is not key=value"),
+                    "e.g. zone=a,tier=hollow".to_owned(),
                 )
             })?;
             let ok = |s: &str| {
@@ -303,7 +303,7 @@ fn pairs(flag: &str, text: &str) -> Result<Vec<(String, String)>, Failure> {
             };
             if k.is_empty() || !ok(k) || !ok(v) {
                 return Err(Failure::usage(
-                    format!("--{flag}: `{p}` is not a valid label"),
+                    format!("{flag}: `{p}` is not a valid label"),
                     "keys and values are letters, digits, '-', '_', '.' (and '/' in keys)",
                 ));
             }
@@ -462,27 +462,31 @@ fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result
             ));
         }
     }
-    let q = |flag: &str,
+    // These have no variable: a flag, or the file.
+    let q = |id: &str,
              v: &Option<String>,
              f: &Option<String>,
              conv: fn(&str, &str) -> Result<u64, Failure>| {
-        v.clone().or(f.clone()).map(|q| conv(flag, &q)).transpose()
+        v.clone()
+            .or(f.clone())
+            .map(|q| conv(&from(id, ""), &q))
+            .transpose()
     };
     let resources = Resources {
-        kubelet_millicpu: q("kubelet-cpu", &a.kubelet_cpu, &file.kubelet_cpu, millicpu)?,
+        kubelet_millicpu: q("kubelet_cpu", &a.kubelet_cpu, &file.kubelet_cpu, millicpu)?,
         kubelet_mem_ki: q(
-            "kubelet-memory",
+            "kubelet_memory",
             &a.kubelet_memory,
             &file.kubelet_memory,
             mem_ki,
         )?,
-        proxy_millicpu: q("proxy-cpu", &a.proxy_cpu, &file.proxy_cpu, millicpu)?,
-        proxy_mem_ki: q("proxy-memory", &a.proxy_memory, &file.proxy_memory, mem_ki)?,
-        npd_millicpu: q("npd-cpu", &a.npd_cpu, &file.npd_cpu, millicpu)?,
-        npd_mem_ki: q("npd-memory", &a.npd_memory, &file.npd_memory, mem_ki)?,
+        proxy_millicpu: q("proxy_cpu", &a.proxy_cpu, &file.proxy_cpu, millicpu)?,
+        proxy_mem_ki: q("proxy_memory", &a.proxy_memory, &file.proxy_memory, mem_ki)?,
+        npd_millicpu: q("npd_cpu", &a.npd_cpu, &file.npd_cpu, millicpu)?,
+        npd_mem_ki: q("npd_memory", &a.npd_memory, &file.npd_memory, mem_ki)?,
     };
     let node_labels = pairs(
-        "node-labels",
+        &from("node_labels", "KUBEMARK_NODE_LABELS"),
         &a.node_labels
             .clone()
             .or(file.node_labels.clone())
@@ -512,7 +516,10 @@ fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result
                 Some("NoSchedule" | "PreferNoSchedule" | "NoExecute")
             ) {
                 return Err(Failure::usage(
-                    format!("--register-with-taints: `{taint}` is not key=value:Effect"),
+                    format!(
+                        "{}: `{taint}` is not key=value:Effect",
+                        from("register_with_taints", "KUBEMARK_REGISTER_WITH_TAINTS")
+                    ),
                     "Effect is NoSchedule, PreferNoSchedule or NoExecute, e.g. kubemark=true:NoSchedule",
                 ));
             }
@@ -523,7 +530,10 @@ fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result
         .clone()
         .or(file.extended_resources.clone());
     if let Some(e) = &extended {
-        pairs("extended-resources", e)?;
+        pairs(
+            &from("extended_resources", "KUBEMARK_EXTENDED_RESOURCES"),
+            e,
+        )?;
     }
     let timeout = a
         .timeout
@@ -560,7 +570,17 @@ fn spec(a: &DeployArgs, matches: Option<&ArgMatches>, global: &Global) -> Result
             a.skip_capacity_check,
             file.skip_capacity_check,
         ),
-        adopt: flag("adopt", a.adopt, file.adopt),
+        adopt: {
+            let adopt = flag("adopt", a.adopt, file.adopt);
+            let origin = from("adopt", "KUBEMARK_ADOPT");
+            if adopt && !origin.starts_with("--") {
+                // Taking over other people's objects should be a decision of this run.
+                eprintln!(
+                    "warning: --adopt is on through {origin}: every deploy with these settings takes over objects with deploy's names, and destroy then deletes them"
+                );
+            }
+            adopt
+        },
     })
 }
 
