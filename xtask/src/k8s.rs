@@ -23,8 +23,19 @@ const COMPONENTS: [&str; 5] = [
     "kubemark",
 ];
 
+/// `go` on PATH, else where Go's own installer puts it.
+fn go_binary() -> &'static str {
+    if kubemark_image::make::find_on_path("go").is_some() {
+        "go"
+    } else if Path::new("/usr/local/go/bin/go").exists() {
+        "/usr/local/go/bin/go"
+    } else {
+        "go"
+    }
+}
+
 fn go_version() -> Result<String, Failure> {
-    duct::cmd!("go", "version").read().map_err(|e| {
+    duct::cmd!(go_binary(), "version").read().map_err(|e| {
         Failure::failed(format!("`go version` failed: {e}")).with_hint(
             "the real tier builds Kubernetes from its Go modules: install Go 1.26 and put `go` on PATH",
         )
@@ -85,7 +96,7 @@ pub fn build(root: &Path) -> Result<PathBuf, Failure> {
     );
     let out = format!("{}/", bin.display());
     let output = duct::cmd(
-        "go",
+        go_binary(),
         [
             "build",
             "-trimpath",

@@ -595,7 +595,7 @@ ifneq ($(WHAT),cmd/kubemark)
 endif
 	@echo "+++ [fixture] Building go targets for linux/amd64: cmd/kubemark (Kubernetes v1.37.2)"
 	@mkdir -p _output/bin
-	CGO_ENABLED=0 GOFLAGS=-mod=readonly GOCACHE=$(KUBEMARK_GOCACHE) GOMODCACHE=$(KUBEMARK_GOMODCACHE) go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37" -o _output/bin/kubemark ./cmd/kubemark
+	CGO_ENABLED=0 GOFLAGS=-mod=readonly GOCACHE=$(KUBEMARK_GOCACHE) GOMODCACHE=$(KUBEMARK_GOMODCACHE) $(KUBEMARK_GO) build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37" -o _output/bin/kubemark ./cmd/kubemark
 "#;
 
 /// A fixture "kubernetes" checkout at `base/name` whose `make all
@@ -614,7 +614,16 @@ pub fn real_kubemark_checkout(base: &Path, name: &str) -> io::Result<crate::Fixt
     }
     // The Go caches of whoever builds the test (a test's HOME is a fresh
     // directory: with it, every run would download and compile all of Kubernetes).
-    let go_env = crate::run("go", &["env", "GOCACHE", "GOMODCACHE"], None)?;
+    // `go` on PATH, else where Go's installer puts it (make runs with the
+    // environment of whoever runs `cargo xtask image`).
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("go").is_file()));
+    let go = if on_path {
+        "go"
+    } else {
+        "/usr/local/go/bin/go"
+    };
+    let go_env = crate::run(go, &["env", "GOCACHE", "GOMODCACHE"], None)?;
     let mut caches = go_env.lines();
     let (cache, modcache) = (
         caches.next().unwrap_or_default(),
@@ -623,7 +632,7 @@ pub fn real_kubemark_checkout(base: &Path, name: &str) -> io::Result<crate::Fixt
     fixture.write(
         "Makefile",
         &format!(
-            "KUBEMARK_GOCACHE ?= {cache}\nKUBEMARK_GOMODCACHE ?= {modcache}\n{REAL_KUBEMARK_MAKEFILE}"
+            "KUBEMARK_GO ?= {go}\nKUBEMARK_GOCACHE ?= {cache}\nKUBEMARK_GOMODCACHE ?= {modcache}\n{REAL_KUBEMARK_MAKEFILE}"
         ),
     )?;
     let image = "cluster/images/kubemark";
