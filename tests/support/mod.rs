@@ -275,34 +275,7 @@ pub mod docker {
             kubemark_testbed::installed("busybox"),
             "busybox is not installed; run `cargo xtask ci --provision-only`"
         );
-        let busybox = std::fs::read("/bin/busybox").unwrap();
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(busybox.len() as u64);
-        header.set_mode(0o755);
-        header.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut header, "bin/busybox", busybox.as_slice())
-            .unwrap();
-        for applet in ["sh", "sha256sum", "cat", "ls"] {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(tar::EntryType::Symlink);
-            h.set_size(0);
-            h.set_mode(0o777);
-            tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
-                .unwrap();
-        }
-        let data = tar.into_inner().unwrap();
-        let mut child = Command::new("docker")
-            .args(["import", "-", NAME])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(&data).unwrap();
-        assert!(
-            child.wait().unwrap().success(),
-            "docker import of the busybox base failed"
-        );
+        kubemark_testbed::import_busybox(NAME, &["sh", "sha256sum", "cat", "ls"]).unwrap();
         NAME
     }
 

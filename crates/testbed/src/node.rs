@@ -434,17 +434,22 @@ async fn client(kubeconfig: &Path) -> Result<Client> {
 }
 
 async fn remove_labelled(docker: &Docker, id: &str) -> Result<()> {
+    remove_by_label(docker, &format!("{LABEL}={id}"), "the agent's containers").await
+}
+
+/// Remove every container carrying `label` (`key=value`).
+async fn remove_by_label(docker: &Docker, label: &str, what: &str) -> Result<()> {
     let containers = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([(
                 "label".to_owned(),
-                vec![format!("{LABEL}={id}")],
+                vec![label.to_owned()],
             )])),
             ..Default::default()
         }))
         .await
-        .context("listing the agent's containers")?;
+        .with_context(|| format!("listing {what}"))?;
     for c in containers {
         if let Some(cid) = c.id {
             remove_container(docker, &cid).await?;
@@ -1881,23 +1886,12 @@ impl PodWorker {
 }
 
 async fn remove_pod_containers(docker: &Docker, uid: &str) -> Result<()> {
-    let containers = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([(
-                "label".to_owned(),
-                vec![format!("{POD_UID_LABEL}={uid}")],
-            )])),
-            ..Default::default()
-        }))
-        .await
-        .context("listing the pod's containers")?;
-    for c in containers {
-        if let Some(id) = c.id {
-            remove_container(docker, &id).await?;
-        }
-    }
-    Ok(())
+    remove_by_label(
+        docker,
+        &format!("{POD_UID_LABEL}={uid}"),
+        "the pod's containers",
+    )
+    .await
 }
 
 // ---------------------------------------------------------------- files

@@ -5,9 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write as _;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kubemark_testbed::Registry;
@@ -62,31 +61,7 @@ fn docker(args: &[&str]) -> String {
 /// applets), pushed to `registry` and removed locally so the agent pulls it.
 fn busybox_in(registry: &Registry) -> String {
     let name = format!("{}/testbed/busybox:1", registry.addr);
-    let busybox = std::fs::read("/bin/busybox").unwrap();
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(busybox.len() as u64);
-    header.set_mode(0o755);
-    header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, "bin/busybox", busybox.as_slice())
-        .unwrap();
-    for applet in ["sh", "cat", "echo", "sleep", "nc", "ls"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
-            .unwrap();
-    }
-    let data = tar.into_inner().unwrap();
-    let mut child = Command::new("docker")
-        .args(["import", "-", &name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&data).unwrap();
-    assert!(child.wait().unwrap().success(), "docker import failed");
+    kubemark_testbed::import_busybox(&name, &["sh", "cat", "echo", "sleep", "nc", "ls"]).unwrap();
     docker(&["push", &name]);
     docker(&["rmi", &name]);
     name
