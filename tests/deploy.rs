@@ -1375,12 +1375,17 @@ async fn dry_run_checks_both_clusters_and_writes_nothing() {
 /// `deploy render` with the master kubeconfig of `MASTER_KUBECONFIG` (server
 /// replaced by `server`) and `extra`: checks everything, touches no cluster.
 fn render_with(env: &Env, server: &str, extra: &[&str]) -> Run {
-    let master = env.path("master.kubeconfig");
-    std::fs::write(
-        &master,
-        MASTER_KUBECONFIG.replace("https://10.1.2.3:6443", server),
+    render_master(
+        env,
+        &MASTER_KUBECONFIG.replace("https://10.1.2.3:6443", server),
+        extra,
     )
-    .unwrap();
+}
+
+/// `deploy render` with `kubeconfig` as the master's kubeconfig and `extra`.
+fn render_master(env: &Env, kubeconfig: &str, extra: &[&str]) -> Run {
+    let master = env.path("master.kubeconfig");
+    std::fs::write(&master, kubeconfig).unwrap();
     let mut args = vec![
         "deploy",
         "render",
@@ -1502,18 +1507,11 @@ fn every_spelling_of_a_loopback_master_is_refused_with_the_address_it_stands_for
 #[test]
 fn a_master_kubeconfig_of_the_wrong_shape_is_said_as_such() {
     let env = Env::new();
-    let master = env.path("master.kubeconfig");
-    std::fs::write(&master, "apiVersion: v1\nkind: Config\nclusters: 42\n").unwrap();
-    let run = env.xtask(&[
-        "deploy",
-        "render",
-        "--master-kubeconfig",
-        master.to_str().unwrap(),
-        "--replicas",
-        "1",
-        "--image",
-        "r.io/kubemark:v1",
-    ]);
+    let run = render_master(
+        &env,
+        "apiVersion: v1\nkind: Config\nclusters: 42\n",
+        &["--replicas", "1", "--image", "r.io/kubemark:v1"],
+    );
     run.assert_code(2);
     assert!(
         run.stderr.contains("`clusters` is a number, not a list"),
@@ -1525,22 +1523,11 @@ fn a_master_kubeconfig_of_the_wrong_shape_is_said_as_such() {
 #[test]
 fn a_malformed_users_entry_is_named_without_printing_its_token() {
     let env = Env::new();
-    let master = env.path("master.kubeconfig");
-    std::fs::write(
-        &master,
+    let run = render_master(
+        &env,
         "apiVersion: v1\nkind: Config\nusers:\n  name: admin\n  user: {token: s3cr3t-t0ken}\n",
-    )
-    .unwrap();
-    let run = env.xtask(&[
-        "deploy",
-        "render",
-        "--master-kubeconfig",
-        master.to_str().unwrap(),
-        "--replicas",
-        "1",
-        "--image",
-        "r.io/kubemark:v1",
-    ]);
+        &["--replicas", "1", "--image", "r.io/kubemark:v1"],
+    );
     run.assert_code(2);
     assert!(
         run.stderr.contains("`users` is a mapping, not a list"),

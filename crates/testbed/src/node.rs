@@ -1502,6 +1502,27 @@ impl PodWorker {
         bail!("resourceFieldRef and fileKeyRef are not supported by the node agent")
     }
 
+    /// The files of a downward API volume (or projected source) under `dir`.
+    fn write_downward<'i>(
+        &self,
+        dir: &Path,
+        items: impl Iterator<Item = &'i k8s_openapi::api::core::v1::DownwardAPIVolumeFile>,
+        default_mode: Option<i32>,
+    ) -> Result<()> {
+        for item in items {
+            let f = item.field_ref.as_ref().ok_or_else(|| {
+                anyhow!("downwardAPI item {}: only fieldRef is supported", item.path)
+            })?;
+            write_file(
+                dir,
+                &item.path,
+                self.field(f)?.as_bytes(),
+                item.mode.or(default_mode),
+            )?;
+        }
+        Ok(())
+    }
+
     /// A downward API field.
     fn field(&self, f: &ObjectFieldSelector) -> Result<String> {
         let meta = &self.pod.metadata;
@@ -1622,17 +1643,7 @@ impl PodWorker {
             return Ok((dir, true));
         }
         if let Some(d) = &volume.downward_api {
-            for item in d.items.iter().flatten() {
-                let f = item.field_ref.as_ref().ok_or_else(|| {
-                    anyhow!("downwardAPI item {}: only fieldRef is supported", item.path)
-                })?;
-                write_file(
-                    &dir,
-                    &item.path,
-                    self.field(f)?.as_bytes(),
-                    item.mode.or(d.default_mode),
-                )?;
-            }
+            self.write_downward(&dir, d.items.iter().flatten(), d.default_mode)?;
             return Ok((dir, true));
         }
         if let Some(p) = &volume.projected {
@@ -1656,17 +1667,7 @@ impl PodWorker {
                     }
                 }
                 if let Some(d) = &source.downward_api {
-                    for item in d.items.iter().flatten() {
-                        let f = item.field_ref.as_ref().ok_or_else(|| {
-                            anyhow!("downwardAPI item {}: only fieldRef is supported", item.path)
-                        })?;
-                        write_file(
-                            &dir,
-                            &item.path,
-                            self.field(f)?.as_bytes(),
-                            item.mode.or(p.default_mode),
-                        )?;
-                    }
+                    self.write_downward(&dir, d.items.iter().flatten(), p.default_mode)?;
                 }
                 if let Some(t) = &source.service_account_token {
                     let token = self
