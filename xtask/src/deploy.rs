@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ArgMatches;
+use kubemark_contract::{ImageRef, Quantity};
 use kubemark_deploy::error::Cause;
-use kubemark_deploy::plan::ImageRef;
-use kubemark_deploy::{Cancel, Choice, Error, Resources, Source, Spec};
+use kubemark_deploy::{CancellationToken, Choice, Error, Resources, Source, Spec};
 
 use crate::Global;
 use crate::config::{DeploySettings, origin, switch};
@@ -230,8 +230,10 @@ fn clusters(
 
 /// `40m` → 40, `0.5` → 500, `1` → 1000.
 fn millicpu(flag: &str, q: &str) -> Result<u64, Failure> {
-    match kubemark_deploy::plan::quantity(q) {
-        Some(cores) if !q.ends_with('i') => Ok((cores * 1000.0).round() as u64),
+    match Quantity::parse(q) {
+        Ok(cores) if !cores.is_negative() && !Quantity::is_binary_text(q) => {
+            Ok(u64::try_from(cores.milli()).unwrap_or(u64::MAX))
+        }
         _ => Err(Failure::usage(
             format!("{flag} `{q}` is not a CPU quantity"),
             "e.g. 40m, 0.5 or 1",
@@ -241,8 +243,12 @@ fn millicpu(flag: &str, q: &str) -> Result<u64, Failure> {
 
 /// `100Mi` → 102400, `50M` → 48829 (Ki, rounded up).
 fn mem_ki(flag: &str, q: &str) -> Result<u64, Failure> {
-    match kubemark_deploy::plan::quantity(q) {
-        Some(bytes) if !q.ends_with('m') => Ok((bytes / 1024.0).ceil() as u64),
+    match Quantity::parse(q) {
+        Ok(bytes) if !bytes.is_negative() && !q.trim_end().ends_with('m') => {
+            Ok(u64::try_from(bytes.value())
+                .unwrap_or(u64::MAX)
+                .div_ceil(1024))
+        }
         _ => Err(Failure::usage(
             format!("{flag} `{q}` is not a memory quantity"),
             "e.g. 100Mi, 50M or 1Gi",
@@ -314,19 +320,13 @@ fn pairs(flag: &str, text: &str) -> Result<Vec<(String, String)>, Failure> {
 
 /// The last image `cargo xtask image` recorded (`None`: there is no record).
 pub fn recorded_image(state_dir: &std::path::Path) -> Option<Result<ImageRef, Failure>> {
-    let path = state_dir.join("image.json");
-    let text = std::fs::read_to_string(&path).ok()?;
-    let bad = |why: String| {
-        Failure::usage(
-            format!("the image record {} {why}", path.display()),
+    match kubemark_contract::Record::latest_image(state_dir) {
+        Ok(image) => image.map(Ok),
+        Err(e) => Some(Err(Failure::usage(
+            e.to_string(),
             "pass --image REF, or run `cargo xtask image` again to rewrite it",
-        )
-    };
-    let record: Result<kubemark_image::Record, _> = serde_json::from_str(&text);
-    Some(match record {
-        Ok(r) => ImageRef::parse(&r.image).map_err(|e| bad(format!("names an invalid image: {e}"))),
-        Err(e) => Err(bad(format!("is not an image record: {e}"))),
-    })
+        ))),
+    }
 }
 
 /// A whole number from a flag, variable or file, named as the user gave it.
@@ -606,9 +606,9 @@ fn runtime(threads: Threads) -> Result<tokio::runtime::Runtime, Failure> {
 pub fn with_interrupt<'a, T>(
     renderer: &Renderer,
     threads: Threads,
-    work: impl FnOnce(Cancel) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>,
+    work: impl FnOnce(CancellationToken) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>,
 ) -> Result<T, Failure> {
-    let cancel = Cancel::new();
+    let cancel = CancellationToken::new();
     let rt = runtime(threads)?;
     let result = rt.block_on(async {
         let watcher = {
@@ -913,10 +913,6 @@ pub fn failure(e: Error) -> Failure {
         Error::Template { .. } | Error::Manifest { .. } => {
             Some("fix the template (or choose another with --template)".into())
         }
-        Error::NoImage { .. } => Some(
-            "pass --image REF, or --registry and --tag, or build one with `cargo xtask image`"
-                .into(),
-        ),
         Error::Unreachable { side, cause, .. } => {
             let flag = if *side == kubemark_deploy::Side::External {
                 "--external-kubeconfig"

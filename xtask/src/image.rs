@@ -8,7 +8,7 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use kubemark_image::error::RemoteCause;
 use kubemark_image::{
-    Cancel, Credentials, Error, ImageRef, Outcome, Plan, SourceSpec, Spec, Status,
+    CancellationToken, Credentials, Error, ImageRef, Outcome, Plan, SourceSpec, Spec, Status,
 };
 
 use crate::Global;
@@ -104,7 +104,7 @@ pub fn run(args: Args, matches: &ArgMatches, global: &Global) -> Result<(), Fail
 
     let renderer = Renderer::new(global.verbose);
     let events = renderer.events();
-    let cancel = Cancel::new();
+    let cancel = CancellationToken::new();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

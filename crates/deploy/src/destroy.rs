@@ -25,7 +25,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::apply::{created_by_us, managed_by_us, managers};
 use crate::error::{Error, Result, Side};
-use crate::event::{Cancel, Event, Events, Say};
+use crate::event::{CancellationToken, Event, Events, Say};
 use crate::kubeconfig::Cluster;
 use crate::plan::NODE_LABEL;
 
@@ -63,7 +63,7 @@ pub async fn destroy(
     namespace: &str,
     timeout: Duration,
     events: &Events,
-    cancel: &Cancel,
+    cancel: &CancellationToken,
 ) -> Result<Destroyed> {
     crate::plan::check_namespace(namespace)?;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -443,20 +443,6 @@ async fn foreign_objects(
     Ok(foreign)
 }
 
-/// A oneshot that fires when `cancel` is raised.
-fn cancelled(
-    cancel: &Cancel,
-) -> (
-    tokio::sync::oneshot::Receiver<()>,
-    crate::event::CancelGuard,
-) {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let guard = cancel.on_cancel(move || {
-        let _ = tx.send(());
-    });
-    (rx, guard)
-}
-
 /// A watch error that retrying will not mend: the credentials, the resource.
 fn permanent(e: &watcher::Error) -> bool {
     match e {
@@ -490,13 +476,12 @@ async fn until_gone<K>(
     side: Side,
     what: &str,
     deadline: tokio::time::Instant,
-    cancel: &Cancel,
+    cancel: &CancellationToken,
 ) -> Result<()>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let mut stream = watcher(api, config).default_backoff().boxed();
-    let (mut interrupted, _guard) = cancelled(cancel);
     let mut live: BTreeSet<String> = BTreeSet::new();
     let mut listing: Option<BTreeSet<String>> = None;
     let mut synced = false;
@@ -532,7 +517,7 @@ where
             () = tokio::time::sleep_until(deadline) => {
                 return Err(failed(&live, synced, &last_error, "time is up"));
             }
-            _ = &mut interrupted => return Err(Error::Cancelled),
+            () = cancel.cancelled() => return Err(Error::Cancelled),
         };
         match next {
             Some(Ok(event)) => match event {

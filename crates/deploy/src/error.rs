@@ -91,9 +91,6 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("no kubemark image given")]
-    NoImage { record: PathBuf },
-
     #[error("cannot reach the {side} at {server}: {reason}")]
     Unreachable {
         side: Side,
@@ -161,7 +158,6 @@ impl Error {
                 | Error::Undefined { .. }
                 | Error::Template { .. }
                 | Error::Manifest { .. }
-                | Error::NoImage { .. }
         )
     }
 

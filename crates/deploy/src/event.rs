@@ -1,6 +1,6 @@
 //! Progress events of the cluster pipeline; the CLI draws them.
 
-pub use kubemark_progress::{Cancel, CancelGuard};
+pub use kubemark_contract::CancellationToken;
 
 /// One thing worth telling the user.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +33,7 @@ pub enum Event {
 }
 
 /// Where the cluster pipeline's events go.
-pub type Events = kubemark_progress::Sink<Event>;
+pub type Events = kubemark_contract::Sink<Event>;
 
 pub(crate) trait Say {
     fn note(&self, text: impl Into<String>);

@@ -9,6 +9,7 @@
 //! or git2: the only thing it shares with the image side is the image reference.
 
 pub mod apply;
+pub mod capacity;
 pub mod destroy;
 pub mod diagnose;
 pub mod error;
@@ -23,7 +24,7 @@ pub mod template;
 pub mod wait;
 
 pub use error::{Error, Result, Side};
-pub use event::{Cancel, Event, Events};
+pub use event::{CancellationToken, Event, Events};
 pub use kubeconfig::{Cluster, Source};
 pub use plan::{Plan, Resources, Spec};
 pub use template::Choice;
@@ -93,7 +94,7 @@ pub async fn check(spec: &Spec, events: &Events) -> Result<Checked> {
 }
 
 /// Render, check, apply, and (unless `spec.wait` is false) wait.
-pub async fn deploy(spec: &Spec, events: &Events, cancel: &Cancel) -> Result<Outcome> {
+pub async fn deploy(spec: &Spec, events: &Events, cancel: &CancellationToken) -> Result<Outcome> {
     let Checked {
         plan,
         findings,

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::ReplicationController;
+use k8s_openapi::api::core::v1::{PodSpec, ReplicationController};
 use serde_json::{Value, json};
 
+use crate::capacity::{Requests, pod_requests};
 use crate::error::{Error, Result};
 use crate::kubeconfig::{PodKubeconfig, Source};
 use crate::template::{Choice, Template};
@@ -124,8 +125,10 @@ pub struct Plan {
     pub rc: Manifest,
     /// The RC's selector, as a label selector string.
     pub selector: String,
-    /// One hollow-node pod's requests: (millicores, bytes).
-    pub pod_requests: (u64, u64),
+    /// The hollow-node pod, typed (for the capacity check).
+    pub pod: PodSpec,
+    /// One hollow-node pod's requests.
+    pub pod_requests: Requests,
     pub template_name: String,
     /// Configmaps the template mounts that deploy does not create.
     pub foreign_configmaps: Vec<String>,
@@ -258,63 +261,6 @@ pub fn variables(spec: &Spec, master: &PodKubeconfig) -> Result<BTreeMap<String,
     Ok(vars)
 }
 
-fn quantity_value(q: &Value) -> Option<f64> {
-    match q.as_str() {
-        Some(s) => quantity(s),
-        None => q.as_f64(),
-    }
-}
-
-/// A Kubernetes quantity as a number: `500m` → 0.5, `2Gi` → 2147483648, `1.5` → 1.5.
-/// `None` for anything else (negative numbers included: no request or capacity is negative).
-pub fn quantity(s: &str) -> Option<f64> {
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let base: f64 = num.parse().ok()?;
-    let factor = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        _ => return None,
-    };
-    Some(base * factor)
-}
-
-/// A pod template's requests: (millicores, bytes), init containers by the max rule.
-pub fn pod_requests(pod_spec: &Value) -> (u64, u64) {
-    let get = |c: &Value, k: &str| {
-        c.pointer(&format!("/resources/requests/{k}"))
-            .and_then(quantity_value)
-            .unwrap_or(0.0)
-    };
-    let list = |field: &str| {
-        pod_spec
-            .get(field)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-    };
-    let (mut cpu, mut mem) = (0.0, 0.0);
-    for c in list("containers") {
-        cpu += get(c, "cpu");
-        mem += get(c, "memory");
-    }
-    for c in list("initContainers") {
-        cpu = f64::max(cpu, get(c, "cpu"));
-        mem = f64::max(mem, get(c, "memory"));
-    }
-    ((cpu * 1000.0).round() as u64, mem.round() as u64)
-}
-
 /// The most a ReplicationController holds: `spec.replicas` is a 32-bit integer.
 pub const MAX_REPLICAS: u32 = i32::MAX as u32;
 
@@ -401,6 +347,12 @@ pub fn build(spec: &Spec, master: &PodKubeconfig) -> Result<Plan> {
     if selector.is_empty() {
         return Err(bad("it has no spec.selector".into()));
     }
+    let pod = typed
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.spec.clone())
+        .unwrap_or_default();
     let pod_spec = rc
         .pointer("/spec/template/spec")
         .cloned()
@@ -480,7 +432,8 @@ pub fn build(spec: &Spec, master: &PodKubeconfig) -> Result<Plan> {
             value: rc,
         },
         selector: selector.join(","),
-        pod_requests: pod_requests(&pod_spec),
+        pod_requests: pod_requests(&pod),
+        pod,
         template_name: template.name,
         foreign_configmaps: foreign,
     })
@@ -507,15 +460,5 @@ mod tests {
         assert_eq!(split("me/kubemark:v1").unwrap().0, "docker.io/me");
         assert!(split("r.io/other:v1").is_err());
         assert!(split("r.io/kubemark-x:v1").is_err());
-    }
-
-    #[test]
-    fn requests_follow_the_max_rule() {
-        let spec = json!({
-            "initContainers": [{"resources": {"requests": {"cpu": "500m", "memory": "1Mi"}}}],
-            "containers": [{"resources": {"requests": {"cpu": "40m", "memory": "102400Ki"}}},
-                           {"resources": {"requests": {"cpu": "20m", "memory": "50M"}}}]
-        });
-        assert_eq!(pod_requests(&spec), (500, 102_400 * 1024 + 50_000_000));
     }
 }

@@ -4,11 +4,11 @@
 
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, LimitRange, Namespace, Node, Pod, ReplicationController, ResourceQuota, Secret,
+    ConfigMap, LimitRange, Namespace, Pod, ReplicationController, Secret,
 };
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Resource, ResourceExt};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::apply::{created_by_us, managed_by_us, managers};
 use crate::error::{Error, Result, Side};
@@ -308,209 +308,6 @@ async fn admission(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events
     }
 }
 
-/// The namespace's ResourceQuotas against N pods: each quota's room (hard
-/// minus used, as the quota controller counts) for `pods`, `requests.cpu` and
-/// `requests.memory`, less what our pods already hold.
-async fn quotas(spec: &Spec, plan: &Plan, external: &Cluster, existing: u64) -> Result<()> {
-    let api: Api<ResourceQuota> = Api::namespaced(external.client.clone(), &spec.namespace);
-    let all = ListParams::default();
-    let list = match crate::retry::call(|| api.list(&all)).await {
-        Ok(list) => list.items,
-        Err(kube::Error::Api(s)) if matches!(s.code, 403 | 404) => return Ok(()),
-        Err(e) => return Err(Error::api(Side::External, "listing ResourceQuotas")(e)),
-    };
-    let needed = u64::from(spec.replicas).saturating_sub(existing) as f64;
-    let (cpu, mem) = plan.pod_requests;
-    let mut short = Vec::new();
-    for q in &list {
-        // Before the quota controller has counted, status is empty: the spec's
-        // limits hold, with nothing used yet.
-        let status = q.status.clone().unwrap_or_default();
-        let hard = status
-            .hard
-            .filter(|h| !h.is_empty())
-            .or_else(|| q.spec.as_ref().and_then(|s| s.hard.clone()))
-            .unwrap_or_default();
-        let used = status.used.unwrap_or_default();
-        for (key, per_pod) in [
-            ("pods", 1.0),
-            ("count/pods", 1.0),
-            ("requests.cpu", cpu as f64 / 1000.0),
-            ("cpu", cpu as f64 / 1000.0),
-            ("requests.memory", mem as f64),
-            ("memory", mem as f64),
-        ] {
-            let Some(h) = hard.get(key) else { continue };
-            let h = quantity(&h.0);
-            let u = used.get(key).map_or(0.0, |u| quantity(&u.0));
-            let room = (h - u).max(0.0);
-            if per_pod > 0.0 && room < needed * per_pod {
-                short.push(format!(
-                    "ResourceQuota {}: {key} has room for {} more hollow-node pod(s) ({} of {} used), {} needed",
-                    q.name_any(),
-                    (room / per_pod).floor(),
-                    used.get(key).map_or("0", |u| u.0.as_str()),
-                    hard.get(key).map_or("?", |h| h.0.as_str()),
-                    needed
-                ));
-            }
-        }
-    }
-    if short.is_empty() {
-        return Ok(());
-    }
-    Err(Error::Refused {
-        what: format!(
-            "the ResourceQuota of namespace {} is too small for {} hollow-node pods",
-            spec.namespace, spec.replicas
-        ),
-        details: short,
-        hint: "raise the quota, lower --replicas or the requests (--kubelet-cpu, ...), or deploy into another --namespace".into(),
-    })
-}
-
-/// An allocatable quantity; one the server sent but we cannot read counts as none.
-fn quantity(q: &str) -> f64 {
-    crate::plan::quantity(q).unwrap_or(0.0)
-}
-
-fn tolerated(taint: &Value, tolerations: &[Value]) -> bool {
-    tolerations.iter().any(|t| {
-        let op_exists = t["operator"] == "Exists";
-        let key_ok =
-            (t["key"].as_str().is_none_or(str::is_empty) && op_exists) || t["key"] == taint["key"];
-        let value_ok = op_exists
-            || t["value"].as_str().unwrap_or_default()
-                == taint["value"].as_str().unwrap_or_default();
-        let effect_ok =
-            t["effect"].as_str().is_none_or(str::is_empty) || t["effect"] == taint["effect"];
-        key_ok && value_ok && effect_ok
-    })
-}
-
-/// How many more hollow-node pods the external cluster's schedulable nodes take.
-async fn capacity(external: &Cluster, spec: &Spec, plan: &Plan) -> Result<(u64, Vec<String>, u64)> {
-    let nodes: Api<Node> = Api::all(external.client.clone());
-    let pods: Api<Pod> = Api::all(external.client.clone());
-    let all = ListParams::default();
-    let node_list = crate::retry::call(|| nodes.list(&all))
-        .await
-        .map_err(Error::api(Side::External, "listing nodes"))?;
-    let running = ListParams::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-    let pod_list = crate::retry::call(|| pods.list(&running))
-        .await
-        .map_err(Error::api(Side::External, "listing pods"))?;
-    let tolerations: Vec<Value> = plan
-        .rc
-        .value
-        .pointer("/spec/template/spec/tolerations")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let (want_cpu, want_mem) = plan.pod_requests;
-    let mut used: std::collections::HashMap<String, (f64, f64, f64)> =
-        std::collections::HashMap::new();
-    let mut ours_bound = 0u64;
-    for p in &pod_list.items {
-        let v = serde_json::to_value(p).unwrap_or_default();
-        let Some(node) = v
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-        else {
-            continue;
-        };
-        let ours = v.pointer("/metadata/namespace").and_then(Value::as_str)
-            == Some(spec.namespace.as_str())
-            && v.pointer("/metadata/labels").is_some_and(|l| {
-                plan.selector.split(',').all(|kv| {
-                    let (k, val) = kv.split_once('=').unwrap_or((kv, ""));
-                    l.get(k).and_then(Value::as_str) == Some(val)
-                })
-            });
-        if ours {
-            ours_bound += 1;
-        }
-        let (cpu, mem) = crate::plan::pod_requests(v.get("spec").unwrap_or(&Value::Null));
-        let u = used.entry(node.to_owned()).or_default();
-        u.0 += cpu as f64 / 1000.0;
-        u.1 += mem as f64;
-        u.2 += 1.0;
-    }
-    let mut fits = 0u64;
-    let (mut free_cpu, mut free_mem, mut free_pods, mut schedulable) = (0.0, 0.0, 0.0, 0);
-    for n in &node_list.items {
-        let v = serde_json::to_value(n).unwrap_or_default();
-        let name = v
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let ready = v
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
-        let unschedulable = v.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true);
-        let tainted = v
-            .pointer("/spec/taints")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .any(|t| {
-                matches!(t["effect"].as_str(), Some("NoSchedule" | "NoExecute"))
-                    && !tolerated(t, &tolerations)
-            });
-        if !ready || unschedulable || tainted {
-            continue;
-        }
-        schedulable += 1;
-        let alloc = |k: &str| {
-            v.pointer(&format!("/status/allocatable/{k}"))
-                .and_then(Value::as_str)
-                .map_or(0.0, quantity)
-        };
-        let u = used.get(name).copied().unwrap_or_default();
-        let (cpu, mem, pods) = (
-            alloc("cpu") - u.0,
-            alloc("memory") - u.1,
-            alloc("pods") - u.2,
-        );
-        free_cpu += cpu.max(0.0);
-        free_mem += mem.max(0.0);
-        free_pods += pods.max(0.0);
-        let by_cpu = if want_cpu == 0 {
-            f64::INFINITY
-        } else {
-            (cpu * 1000.0 / want_cpu as f64).floor()
-        };
-        let by_mem = if want_mem == 0 {
-            f64::INFINITY
-        } else {
-            (mem / want_mem as f64).floor()
-        };
-        fits += by_cpu.min(by_mem).min(pods.floor()).max(0.0) as u64;
-    }
-    let details = vec![
-        format!(
-            "each hollow-node pod requests {}m CPU and {:.0}Mi memory; {} are wanted, {} already placed",
-            want_cpu,
-            want_mem as f64 / 1048576.0,
-            spec.replicas,
-            ours_bound
-        ),
-        format!(
-            "{schedulable} schedulable node(s) of {} have {:.2} CPU, {:.0}Mi memory and {} pod slots free",
-            node_list.items.len(),
-            free_cpu,
-            free_mem / 1048576.0,
-            free_pods
-        ),
-    ];
-    Ok((fits, details, ours_bound))
-}
-
 /// Every check; errors before anything was written.
 pub async fn run(
     spec: &Spec,
@@ -580,7 +377,7 @@ pub async fn run(
     }
     // A namespace admin may not list the cluster's nodes: with
     // --skip-capacity-check that is a warning, not a stop.
-    let measured = match capacity(external, spec, plan).await {
+    let measured = match crate::capacity::capacity(external, spec, plan).await {
         Ok(m) => Some(m),
         Err(e) if spec.skip_capacity_check => {
             events.warn(format!("capacity not checked (--skip-capacity-check): {e}"));
@@ -591,7 +388,7 @@ pub async fn run(
     let existing = measured.as_ref().map_or(0, |m| m.2);
     if namespace_exists {
         admission(spec, plan, external, events).await?;
-        quotas(spec, plan, external, existing).await?;
+        crate::capacity::quotas(spec, plan, external, existing).await?;
     }
     if let Some((fits, details, _)) = measured {
         let needed = u64::from(spec.replicas).saturating_sub(existing);
@@ -636,22 +433,5 @@ mod tests {
         skew("v1.33.0", "v1.33.1", &events);
         skew("v1.28.0", "v1.33.1", &events);
         assert_eq!(seen.lock().unwrap().len(), 2);
-    }
-
-    #[test]
-    fn taints_and_quantities() {
-        let tolerations = vec![
-            json!({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}),
-        ];
-        assert!(tolerated(
-            &json!({"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}),
-            &tolerations
-        ));
-        assert!(!tolerated(
-            &json!({"key": "dedicated", "value": "x", "effect": "NoSchedule"}),
-            &tolerations
-        ));
-        assert_eq!(quantity("500m"), 0.5);
-        assert_eq!(quantity("2Gi"), 2.0 * 1024.0 * 1024.0 * 1024.0);
     }
 }

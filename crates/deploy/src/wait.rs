@@ -11,7 +11,7 @@ use kube::api::{Api, DeleteParams};
 
 use crate::diagnose;
 use crate::error::{Error, Result, Side};
-use crate::event::{Cancel, Event, Events};
+use crate::event::{CancellationToken, Event, Events};
 use crate::kubeconfig::Cluster;
 use crate::plan::NODE_LABEL;
 use crate::tables::{self, Cells, Update};
@@ -193,7 +193,7 @@ pub async fn run(
     pods_before: &BTreeSet<String>,
     timeout: Duration,
     events: &Events,
-    cancel: &Cancel,
+    cancel: &CancellationToken,
 ) -> Result<Summary> {
     let started = Instant::now();
     let cpu_at_start = process_cpu_seconds();
@@ -226,10 +226,6 @@ pub async fn run(
     let mut next_report = last_change + stall_after;
     let mut stale_deleted = 0;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let (cancelled_tx, mut cancelled_rx) = tokio::sync::watch::channel(false);
-    let _guard = cancel.on_cancel(move || {
-        let _ = cancelled_tx.send(true);
-    });
     loop {
         let mut touched: Vec<String> = Vec::new();
         tokio::select! {
@@ -242,7 +238,7 @@ pub async fn run(
                 None => return Err(Error::Api { side: Side::Master, doing: "watching nodes".into(), reason: "the watch ended".into() }),
             },
             _ = tick.tick() => {}
-            _ = cancelled_rx.changed() => return Err(Error::Cancelled),
+            () = cancel.cancelled() => return Err(Error::Cancelled),
         }
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::event::{Cancel, Event, Events};
+use crate::event::{CancellationToken, Event, Events};
 
 /// Where the kubemark Dockerfile lives in a kubernetes checkout.
 pub const CONTEXT_DIR: &str = "cluster/images/kubemark";
@@ -192,7 +192,7 @@ impl Context {
     pub fn stream(
         self: std::sync::Arc<Self>,
         events: Events,
-        cancel: Cancel,
+        cancel: CancellationToken,
     ) -> impl futures_util::Stream<Item = io::Result<Bytes>> + Send + 'static {
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
         tokio::task::spawn_blocking(move || {
@@ -219,7 +219,7 @@ struct ChannelWriter {
     sent: u64,
     last_event: Instant,
     events: Events,
-    cancel: Cancel,
+    cancel: CancellationToken,
 }
 
 impl ChannelWriter {
@@ -525,7 +525,10 @@ mod tests {
         let mut expected = Vec::new();
         c.write_tar(&mut expected).unwrap();
         let mut got = Vec::new();
-        let mut stream = std::pin::pin!(c.clone().stream(Events::discard(), Cancel::new()));
+        let mut stream = std::pin::pin!(
+            c.clone()
+                .stream(Events::discard(), CancellationToken::new())
+        );
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.unwrap();
             assert!(chunk.len() <= CHUNK);

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 use crate::auth::Credentials;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::event::{Cancel, Event, Events};
+use crate::event::{CancellationToken, Event, Events};
 use crate::reference::ImageRef;
 
 /// Seconds a single engine request may take; builds and pushes of a large
@@ -221,7 +221,7 @@ impl Engine {
         context: Arc<Context>,
         platform: Option<&str>,
         events: &Events,
-        cancel: &Cancel,
+        cancel: &CancellationToken,
     ) -> Result<Built> {
         let options = BuildImageOptions {
             dockerfile: "Dockerfile".into(),
@@ -293,7 +293,7 @@ impl Engine {
         image: &ImageRef,
         creds: Option<&Credentials>,
         events: &Events,
-        cancel: &Cancel,
+        cancel: &CancellationToken,
     ) -> Result<String> {
         let failed = |message: String| Error::PushFailed {
             image: image.to_string(),

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-pub use kubemark_progress::{Cancel, CancelGuard};
+pub use kubemark_contract::{CancellationToken, on_cancel};
 
 /// The stages of the image pipeline, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -73,7 +73,7 @@ pub enum Event {
 }
 
 /// Where the image pipeline's events go.
-pub type Events = kubemark_progress::Sink<Event>;
+pub type Events = kubemark_contract::Sink<Event>;
 
 /// Shorthands for the events every stage sends.
 pub(crate) trait Say {

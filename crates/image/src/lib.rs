@@ -20,7 +20,7 @@ pub mod source;
 
 pub use auth::Credentials;
 pub use error::{Error, Result};
-pub use event::{Cancel, Event, Events, Stage};
+pub use event::{CancellationToken, Event, Events, Stage};
 pub use pipeline::{Outcome, Plan, Prepared, Spec, Status, execute, preflight, run};
 pub use record::{Record, Records};
 pub use reference::{ImageRef, RefError};

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::event::{Cancel, Event, Events};
+use crate::event::{CancellationToken, Event, Events};
 
 /// How many lines of the log an error shows.
 const TAIL_LINES: usize = 25;
@@ -67,7 +67,12 @@ pub fn requested_platform() -> Result<Option<String>> {
 }
 
 /// Run make, streaming its output to `log` and to events; return the binary.
-pub fn run(checkout: &Path, log: &Path, events: &Events, cancel: &Cancel) -> Result<Binary> {
+pub fn run(
+    checkout: &Path,
+    log: &Path,
+    events: &Events,
+    cancel: &CancellationToken,
+) -> Result<Binary> {
     let platform = requested_platform()?;
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
@@ -90,7 +95,7 @@ pub fn run(checkout: &Path, log: &Path, events: &Events, cancel: &Cancel) -> Res
             needed_for: format!("build cmd/kubemark ({e})"),
         })?;
     let group = handle.pids().first().copied();
-    let guard = cancel.on_cancel(move || {
+    let guard = crate::event::on_cancel(cancel, move || {
         if let Some(pid) = group.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
         }

@@ -12,7 +12,7 @@ use crate::auth::Credentials;
 use crate::context::{self, Context};
 use crate::engine::{Endpoint, Engine};
 use crate::error::{Error, Result};
-use crate::event::{Cancel, Event, Events, Say, Stage};
+use crate::event::{CancellationToken, Event, Events, Say, Stage};
 use crate::make;
 use crate::record::{Record, Records};
 use crate::reference::ImageRef;
@@ -202,7 +202,12 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         let (url, git_ref) = (spec.source.url.clone(), spec.source.git_ref.clone());
         let remote_events = events.clone();
         let resolved = blocking(move || {
-            source::resolve(&url, git_ref.as_deref(), &remote_events, &Cancel::new())
+            source::resolve(
+                &url,
+                git_ref.as_deref(),
+                &remote_events,
+                &CancellationToken::new(),
+            )
         })
         .await?;
         let target = resolved.refname.as_deref().unwrap_or("commit");
@@ -354,7 +359,7 @@ pub async fn execute(
     spec: &Spec,
     prepared: Prepared,
     events: &Events,
-    cancel: &Cancel,
+    cancel: &CancellationToken,
 ) -> Result<Outcome> {
     let Prepared {
         plan,
@@ -587,7 +592,7 @@ pub async fn execute(
 }
 
 /// Preflight, then execute.
-pub async fn run(spec: &Spec, events: &Events, cancel: &Cancel) -> Result<Outcome> {
+pub async fn run(spec: &Spec, events: &Events, cancel: &CancellationToken) -> Result<Outcome> {
     let prepared = preflight(spec, events).await?;
     execute(spec, prepared, events, cancel).await
 }

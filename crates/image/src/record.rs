@@ -1,31 +1,14 @@
 //! `target/kubemark/image.json`: what the last run built and pushed, for the
 //! deploy side, for CI, and for the next run's "up to date" check. One record
 //! per image reference is kept under `images/`; `image.json` is the latest.
+//! The record's fields are defined in `kubemark_contract::record`, where the
+//! deploy side reads them.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// What an image run produced.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Record {
-    /// `registry/kubemark:tag`.
-    #[serde(rename = "ref")]
-    pub reference: String,
-    /// The registry's digest of the pushed manifest; `None` when not pushed.
-    pub digest: Option<String>,
-    /// `registry/kubemark:tag@digest` when pushed, else the tag reference.
-    pub image: String,
-    pub image_id: String,
-    pub commit: String,
-    pub version: String,
-    pub dirty: bool,
-    pub binary_sha256: String,
-    /// Fingerprint of every input of the image (see `pipeline::fingerprint`).
-    pub inputs: String,
-    /// The kubernetes repository, without credentials.
-    pub source: String,
-}
+pub use kubemark_contract::record::Record;
 
 /// Where records live.
 #[derive(Debug, Clone)]
@@ -42,7 +25,7 @@ impl Records {
 
     /// `image.json`: the latest record.
     pub fn latest_path(&self) -> PathBuf {
-        self.dir.join("image.json")
+        kubemark_contract::record::latest_path(&self.dir)
     }
 
     fn path_for(&self, reference: &str) -> PathBuf {

@@ -11,7 +11,7 @@ use git2::{
 };
 
 use crate::error::{Error, RemoteCause, Result};
-use crate::event::{Cancel, Event, Events, Say};
+use crate::event::{CancellationToken, Event, Events, Say};
 
 /// The ref kept on the checked-out commit, so the next fetch can tell the server
 /// what we already have (libgit2 only negotiates from refs, not a detached HEAD).
@@ -162,7 +162,7 @@ fn auth_error(message: &str) -> git2::Error {
     git2::Error::new(git2::ErrorCode::Auth, git2::ErrorClass::Callback, message)
 }
 
-fn callbacks<'a>(events: &'a Events, cancel: &'a Cancel) -> RemoteCallbacks<'a> {
+fn callbacks<'a>(events: &'a Events, cancel: &'a CancellationToken) -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
     let mut attempts = 0u32;
     cb.credentials(move |url, username, allowed| {
@@ -240,7 +240,7 @@ pub fn resolve(
     url: &str,
     git_ref: Option<&str>,
     events: &Events,
-    cancel: &Cancel,
+    cancel: &CancellationToken,
 ) -> Result<Resolved> {
     if let Some(id) = git_ref.filter(|r| is_full_commit_id(r)) {
         return Ok(Resolved {
@@ -366,7 +366,7 @@ pub fn sync(
     local: &Local,
     resolved: Option<&Resolved>,
     events: &Events,
-    cancel: &Cancel,
+    cancel: &CancellationToken,
 ) -> Result<Checkout> {
     // libgit2 re-hashes every object it reads unless told not to; the pack was
     // already verified while indexing, so checkout need not pay for it again.
@@ -411,7 +411,7 @@ fn clone(
     spec: &SourceSpec,
     resolved: &Resolved,
     events: &Events,
-    cancel: &Cancel,
+    cancel: &CancellationToken,
 ) -> Result<Checkout> {
     let parent = match spec.dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -488,7 +488,7 @@ fn fetch(
     spec: &SourceSpec,
     resolved: &Resolved,
     events: &Events,
-    cancel: &Cancel,
+    cancel: &CancellationToken,
 ) -> Result<Oid> {
     let (refspec, local_ref) = match &resolved.refname {
         Some(name) if name.starts_with("refs/tags/") => (format!("+{name}:{name}"), name.clone()),
@@ -557,7 +557,12 @@ fn fetch(
 }
 
 /// Check out `commit` detached; refuses (by libgit2's safe mode) to overwrite local edits.
-fn check_out(repo: &Repository, commit: Oid, events: &Events, cancel: &Cancel) -> Result<()> {
+fn check_out(
+    repo: &Repository,
+    commit: Oid,
+    events: &Events,
+    cancel: &CancellationToken,
+) -> Result<()> {
     if cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use kubemark_image::source::{self, Local, SourceSpec};
-use kubemark_image::{Cancel, Events};
+use kubemark_image::{CancellationToken, Events};
 use kubemark_testbed::{Fixture, GitDaemon, Registry, XorShift};
 
 use super::{failed, median, verdict};
@@ -224,14 +224,14 @@ fn clone(bench: &ImageBench, work: &Path) -> Result<String, Failure> {
                     }
                 });
                 let started = Instant::now();
-                let resolved = source::resolve(&url, None, &events, &Cancel::new())
+                let resolved = source::resolve(&url, None, &events, &CancellationToken::new())
                     .map_err(|e| Failure::failed(e.to_string()))?;
                 source::sync(
                     &spec,
                     &Local::Absent,
                     Some(&resolved),
                     &events,
-                    &Cancel::new(),
+                    &CancellationToken::new(),
                 )
                 .map_err(|e| Failure::failed(e.to_string()))?;
                 ours.push(started.elapsed().as_secs_f64());
