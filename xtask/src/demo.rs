@@ -23,26 +23,15 @@ pub struct Args {
     keep: bool,
 }
 
-/// Private temporary directory for the simulators' kubeconfigs (they hold tokens).
-struct Private(std::path::PathBuf);
-
-impl Drop for Private {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = std::env::temp_dir().join(format!("kubemark-demo-{}", std::process::id()));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(&dir)?;
-    let private = Private(dir);
+    // The simulators' kubeconfigs hold tokens: a directory only this user
+    // reads (tempfile makes it 0700), removed at the end.
+    let private = tempfile::Builder::new()
+        .prefix("kubemark-demo-")
+        .tempdir()?;
     let image = match crate::deploy::recorded_image(&global.state_dir) {
         Some(recorded) => recorded?,
-        None => kubemark_deploy::plan::ImageRef::parse(crate::image::DEFAULT_IMAGE)
+        None => kubemark_contract::ImageRef::parse(crate::image::DEFAULT_IMAGE)
             .map_err(|e| Failure::failed(e.to_string()))?,
     };
     let renderer = Renderer::new(global.verbose);
@@ -51,9 +40,9 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
     let workers = (args.replicas as usize).div_ceil(100).max(2);
     let replicas = args.replicas;
     let keep = args.keep;
-    let kubeconfig_dir = private.0.clone();
+    let kubeconfig_dir = private.path().to_owned();
     let shown = renderer.clone();
-    let result = crate::deploy::with_interrupt(&renderer, crate::deploy::Threads::All, |cancel| {
+    let result = crate::run::with_interrupt(&renderer, crate::run::Threads::All, |cancel| {
         let renderer = shown;
         Box::pin(async move {
             let base = SimConfig {

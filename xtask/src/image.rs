@@ -4,17 +4,14 @@
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
-use clap::ArgMatches;
-use clap::parser::ValueSource;
 use kubemark_image::error::RemoteCause;
-use kubemark_image::{
-    CancellationToken, Credentials, Error, ImageRef, Outcome, Plan, SourceSpec, Spec, Status,
-};
+use kubemark_image::{Credentials, Error, ImageRef, Outcome, Plan, SourceSpec, Spec, Status};
 
 use crate::Global;
-use crate::config::{Settings, explicit, origin, switch};
+use crate::config::Given;
 use crate::progress::Renderer;
 use crate::report::{self, Failure};
+use crate::run::{Output, Threads, print_json, with_interrupt};
 
 /// Where kubernetes comes from unless told otherwise.
 pub const UPSTREAM: &str = "https://github.com/kubernetes/kubernetes.git";
@@ -22,12 +19,6 @@ pub const UPSTREAM: &str = "https://github.com/kubernetes/kubernetes.git";
 pub const DEFAULT_REGISTRY: &str = "registry.k8s.io";
 /// The image the demo names when no `cargo xtask image` ran (the simulated kubelets pull anything).
 pub const DEFAULT_IMAGE: &str = "registry.k8s.io/kubemark:latest";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Text,
-    Json,
-}
 
 /// Build the kubemark image from a kubernetes checkout and push it.
 #[derive(Debug, clap::Args)]
@@ -52,9 +43,9 @@ pub struct Args {
     /// Where the kubernetes checkout lives [default: ~/.cache/kubemark/kubernetes].
     #[arg(long, env = "KUBEMARK_SOURCE_DIR", value_name = "DIR")]
     source_dir: Option<PathBuf>,
-    /// History depth to fetch; 0 fetches all of it [default: 1].
-    #[arg(long, env = "KUBEMARK_DEPTH")]
-    depth: Option<u32>,
+    /// History depth to fetch; 0 fetches all of it.
+    #[arg(long, env = "KUBEMARK_DEPTH", default_value_t = 1)]
+    depth: u32,
     /// Build the checkout as it is, without fetching.
     #[arg(long, env = "KUBEMARK_NO_UPDATE")]
     no_update: bool,
@@ -77,66 +68,28 @@ pub struct Args {
     #[arg(long, env = "KUBEMARK_REGISTRY_USERNAME", value_name = "USER")]
     registry_username: Option<String>,
     /// Result format on stdout.
-    #[arg(long, value_enum, env = "KUBEMARK_OUTPUT")]
-    output: Option<Output>,
+    #[arg(long, value_enum, env = "KUBEMARK_OUTPUT", default_value_t)]
+    output: Output,
 }
 
-pub fn run(args: Args, matches: &ArgMatches, global: &Global) -> Result<(), Failure> {
-    let file = &global.settings.image;
-    let output = match (args.output, &file.output) {
-        (Some(o), _) => o,
-        (None, Some(text)) => match text.as_str() {
-            "json" => Output::Json,
-            "text" => Output::Text,
-            other => {
-                return Err(Failure::usage(
-                    format!("output = \"{other}\" in the settings file is not a format"),
-                    "use \"text\" or \"json\"",
-                ));
-            }
-        },
-        (None, None) => Output::Text,
-    };
-    let json = output == Output::Json;
-    let given = Inputs::of(matches, &global.settings);
-    let spec = spec(args, matches, global, &given).map_err(|f| f.json(json))?;
-    let (spec, dry_run) = spec;
-
+pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
+    let json = args.output.json();
+    let given = &global.given;
+    let (spec, dry_run) = spec(args, global).map_err(|f| f.json(json))?;
     let renderer = Renderer::new(global.verbose);
     let events = renderer.events();
-    let cancel = CancellationToken::new();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
-        let interrupt = {
-            let cancel = cancel.clone();
-            let renderer = renderer.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    renderer.line(
-                        "interrupted: stopping at the next safe point (Ctrl-C again to quit now)",
-                    );
-                    cancel.cancel();
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        std::process::exit(i32::from(report::INTERRUPTED));
-                    }
-                }
-            })
-        };
-        let prepared = kubemark_image::preflight(&spec, &events).await;
-        let result = match prepared {
-            Ok(prepared) if dry_run => Ok(Done::Plan(Box::new(prepared.plan))),
-            Ok(prepared) => kubemark_image::execute(&spec, prepared, &events, &cancel)
+    let result = with_interrupt(&renderer, Threads::All, |cancel| {
+        let spec = &spec;
+        Box::pin(async move {
+            let prepared = kubemark_image::preflight(spec, &events).await?;
+            if dry_run {
+                return Ok(Done::Plan(Box::new(prepared.plan)));
+            }
+            kubemark_image::execute(spec, prepared, &events, &cancel)
                 .await
-                .map(|o| Done::Outcome(Box::new(o))),
-            Err(e) => Err(e),
-        };
-        interrupt.abort();
-        result
-    });
-    renderer.finish();
+                .map(|o| Done::Outcome(Box::new(o)))
+        })
+    })?;
     match result {
         Ok(Done::Plan(plan)) => {
             print_plan(&plan, json);
@@ -146,7 +99,7 @@ pub fn run(args: Args, matches: &ArgMatches, global: &Global) -> Result<(), Fail
             print_outcome(&outcome, json);
             Ok(())
         }
-        Err(e) => Err(failure(e, &spec, &given).json(json)),
+        Err(e) => Err(failure(e, &spec, given).json(json)),
     }
 }
 
@@ -155,89 +108,38 @@ enum Done {
     Outcome(Box<Outcome>),
 }
 
-/// How the user gave an input, for messages that name it as it was given.
-#[derive(Debug, Clone)]
-struct Given {
-    /// `--registry`, `KUBEMARK_REGISTRY`, or `registry under [image] in FILE`.
-    name: String,
-    flag: String,
-    env: &'static str,
-    source: Option<ValueSource>,
-}
-
-impl Given {
-    fn of(matches: &ArgMatches, id: &str, env: &'static str, settings: &Settings) -> Self {
-        Self {
-            name: origin(Some(matches), id, env, settings, "image"),
-            flag: id.replace('_', "-"),
-            env,
-            source: matches.try_get_raw(id).ok().and(matches.value_source(id)),
-        }
-    }
-
-    /// `value` written where the user wrote this input: `--registry VALUE`,
-    /// `KUBEMARK_REGISTRY=VALUE`, or `registry = "VALUE"` in the file.
-    fn with(&self, value: &str) -> String {
-        match self.source {
-            Some(ValueSource::EnvVariable) => format!("{}={value}", self.env),
-            Some(ValueSource::CommandLine) => format!("--{} {value}", self.flag),
-            _ if self.name.starts_with("--") => format!("--{} {value}", self.flag),
-            _ => format!("{} = \"{value}\"", self.flag),
-        }
-    }
-}
-
-/// The inputs errors name.
-#[derive(Debug, Clone)]
-struct Inputs {
-    tag: Given,
-    registry: Given,
-    kubernetes_repo: Given,
-}
-
-impl Inputs {
-    fn of(matches: &ArgMatches, settings: &Settings) -> Self {
-        Self {
-            tag: Given::of(matches, "tag", "KUBEMARK_TAG", settings),
-            registry: Given::of(matches, "registry", "KUBEMARK_REGISTRY", settings),
-            kubernetes_repo: Given::of(
-                matches,
-                "kubernetes_repo",
-                "KUBEMARK_KUBERNETES_REPO",
-                settings,
-            ),
-        }
-    }
-}
+const TAG: (&str, &str) = ("tag", "KUBEMARK_TAG");
+const REGISTRY: (&str, &str) = ("registry", "KUBEMARK_REGISTRY");
+const REPO: (&str, &str) = ("kubernetes_repo", "KUBEMARK_KUBERNETES_REPO");
 
 /// The registry and tag the image is named from, each checked and named as given.
-fn image_ref(registry: &str, tag: &str, given: &Inputs) -> Result<ImageRef, Failure> {
+fn image_ref(registry: &str, tag: &str, given: &Given) -> Result<ImageRef, Failure> {
     if let Some((scheme, rest)) = registry.split_once("://") {
         return Err(Failure::usage(
             format!(
                 "{} `{registry}` is a URL; a registry is host[:port][/path], without a scheme",
-                given.registry.name
+                given.origin(REGISTRY.0, REGISTRY.1)
             ),
             format!(
                 "drop `{scheme}://`: {}. The engine reaches a registry on this machine over plain HTTP by itself, \
                  any other over HTTPS (or plain HTTP when it is in the engine's insecure-registries)",
-                given.registry.with(rest.trim_end_matches('/'))
+                given.with(REGISTRY.0, REGISTRY.1, rest.trim_end_matches('/'))
             ),
         ));
     }
     if let Err(reason) = kubemark_image::reference::check_tag(tag) {
         return Err(Failure::usage(
-            format!("{} `{tag}`: the tag {reason}", given.tag.name),
-            format!("e.g. {}", given.tag.with("v1.32.0-1")),
+            format!("{} `{tag}`: the tag {reason}", given.origin(TAG.0, TAG.1)),
+            format!("e.g. {}", given.with(TAG.0, TAG.1, "v1.32.0-1")),
         ));
     }
     ImageRef::kubemark(registry, tag).map_err(|e| {
         Failure::usage(
-            format!("{} `{registry}`: {e}", given.registry.name),
+            format!("{} `{registry}`: {e}", given.origin(REGISTRY.0, REGISTRY.1)),
             format!(
                 "a registry is host[:port][/path], e.g. {} or {}",
-                given.registry.with("127.0.0.1:5000"),
-                given.registry.with("gcr.io/my-project")
+                given.with(REGISTRY.0, REGISTRY.1, "127.0.0.1:5000"),
+                given.with(REGISTRY.0, REGISTRY.1, "gcr.io/my-project")
             ),
         )
     })
@@ -252,32 +154,20 @@ pub fn default_source_dir() -> PathBuf {
 }
 
 /// Layer flags over environment over file over defaults, and check the result.
-fn spec(
-    args: Args,
-    matches: &ArgMatches,
-    global: &Global,
-    given: &Inputs,
-) -> Result<(Spec, bool), Failure> {
-    let file = global.settings.image.clone();
-    let settings_file = global
-        .settings
-        .path
-        .clone()
-        .unwrap_or_else(|| crate::config::workspace_root().join("kubemark.toml"));
-    let from_file = format!(
-        ", or set `tag` under [image] in {}",
-        settings_file.display()
-    );
-    let tag = args.tag.or(file.tag).ok_or_else(|| {
+fn spec(args: Args, global: &Global) -> Result<(Spec, bool), Failure> {
+    let given = &global.given;
+    let tag = args.tag.ok_or_else(|| {
         Failure::usage(
             "no image tag given",
-            format!("pass --tag (e.g. --tag v1.32.0-1), set KUBEMARK_TAG{from_file}"),
+            format!(
+                "pass --tag (e.g. --tag v1.32.0-1), set KUBEMARK_TAG, or set `tag` under [image] in {}",
+                given.file().display()
+            ),
         )
     })?;
-    let no_push = switch(matches, "no_push", args.no_push, file.no_push);
-    let registry = match args.registry.or(file.registry) {
+    let registry = match args.registry {
         Some(r) => r,
-        None if no_push => DEFAULT_REGISTRY.to_owned(),
+        None if args.no_push => DEFAULT_REGISTRY.to_owned(),
         None => {
             return Err(Failure::usage(
                 "no registry given to push to",
@@ -286,47 +176,43 @@ fn spec(
         }
     };
     let image = image_ref(&registry, &tag, given)?;
-    let depth = args.depth.or(file.depth).unwrap_or(1);
-    let username = args.registry_username.or(file.registry_username);
-    let credentials = match username {
-        Some(user) if !no_push => Some(read_password(&user)?),
+    let credentials = match args.registry_username {
+        Some(user) if !args.no_push => Some(read_password(&user)?),
         _ => None,
     };
-    if let Some(base) = args.base_image.as_deref().or(file.base_image.as_deref())
+    if let Some(base) = args.base_image.as_deref()
         && base != "scratch"
         && let Err(e) = ImageRef::parse(base)
     {
         return Err(Failure::usage(
-            format!("--base-image: {e}"),
+            format!("{}: {e}", given.origin("base_image", "KUBEMARK_BASE_IMAGE")),
             "give an image reference such as 127.0.0.1:5000/go-runner:v2.4.0 or `scratch`",
         ));
     }
     let source = SourceSpec {
-        url: args
-            .kubernetes_repo
-            .or(file.kubernetes_repo)
-            .unwrap_or_else(|| UPSTREAM.to_owned()),
-        git_ref: args.git_ref.or(file.git_ref),
-        dir: args
-            .source_dir
-            .or(file.source_dir)
-            .unwrap_or_else(default_source_dir),
-        depth,
-        update: !switch(matches, "no_update", args.no_update, file.no_update),
-        allow_dirty: switch(matches, "allow_dirty", args.allow_dirty, file.allow_dirty),
+        url: args.kubernetes_repo.unwrap_or_else(|| UPSTREAM.to_owned()),
+        git_ref: args.git_ref,
+        dir: args.source_dir.unwrap_or_else(default_source_dir),
+        depth: args.depth,
+        update: !args.no_update,
+        allow_dirty: args.allow_dirty,
     };
-    if explicit(matches, "git_ref") && !source.update {
+    if given.explicit("git_ref") && !source.update {
         return Err(Failure::usage(
-            "--ref and --no-update contradict each other",
+            format!(
+                "{} and {} contradict each other",
+                given.origin("git_ref", "KUBEMARK_REF"),
+                given.origin("no_update", "KUBEMARK_NO_UPDATE")
+            ),
             "drop --no-update to fetch the ref, or drop --ref to build what is checked out",
         ));
     }
     let spec = Spec {
         image,
         source,
-        base_image: args.base_image.or(file.base_image),
-        push: !no_push,
-        force: switch(matches, "force", args.force, file.force),
+        base_image: args.base_image,
+        push: !args.no_push,
+        force: args.force,
         credentials,
         state_dir: global.state_dir.clone(),
     };
@@ -360,8 +246,7 @@ fn read_password(user: &str) -> Result<Credentials, Failure> {
 
 fn print_plan(plan: &Plan, json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(plan).unwrap_or_default());
-        return;
+        return print_json(plan);
     }
     let s = &plan.source;
     println!("plan (dry run, nothing was changed):");
@@ -410,11 +295,7 @@ fn print_plan(plan: &Plan, json: bool) {
 
 fn print_outcome(outcome: &Outcome, json: bool) {
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(outcome).unwrap_or_default()
-        );
-        return;
+        return print_json(outcome);
     }
     let r = &outcome.record;
     match outcome.status {
@@ -435,7 +316,7 @@ fn print_outcome(outcome: &Outcome, json: bool) {
 }
 
 /// The library's error, with what to do about it.
-fn failure(e: Error, spec: &Spec, given: &Inputs) -> Failure {
+fn failure(e: Error, spec: &Spec, given: &Given) -> Failure {
     let code = if matches!(e, Error::Cancelled) {
         report::INTERRUPTED
     } else if e.is_usage() {
@@ -495,24 +376,24 @@ fn failure(e: Error, spec: &Spec, given: &Inputs) -> Failure {
             RemoteCause::Other => "check --kubernetes-repo and the network".into(),
         }),
         Error::LocalRepository { url, problem } => {
-            message = format!("{} {url}: {problem}", given.kubernetes_repo.name);
+            message = format!("{} {url}: {problem}", given.origin(REPO.0, REPO.1));
             Some(format!(
                 "give the path of a kubernetes clone (`git clone https://github.com/kubernetes/kubernetes`), or a \
                  URL: {} (https, ssh or git://)",
-                given.kubernetes_repo.with(UPSTREAM)
+                given.with(REPO.0, REPO.1, UPSTREAM)
             ))
         }
         Error::AddressForm {
             registry, address, ..
         } => {
-            message = format!("{} `{registry}`: {e}", given.registry.name);
+            message = format!("{} `{registry}`: {e}", given.origin(REGISTRY.0, REGISTRY.1));
             let port = registry
                 .split_once(':')
                 .map(|(_, port)| format!(":{port}"))
                 .unwrap_or_default();
             Some(format!(
                 "write the address in full: {}",
-                given.registry.with(&format!("{address}{port}"))
+                given.with(REGISTRY.0, REGISTRY.1, &format!("{address}{port}"))
             ))
         }
         Error::RefNotFound { similar, .. } => {

@@ -10,6 +10,7 @@ mod image;
 mod k8s;
 mod progress;
 mod report;
+mod run;
 mod sim;
 
 use std::path::PathBuf;
@@ -65,31 +66,34 @@ pub struct Global {
     pub verbose: u8,
     pub state_dir: PathBuf,
     pub settings: config::Settings,
+    /// How each flag of the task was given, for messages.
+    pub given: config::Given,
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    // The settings file first: its values are the flags' defaults.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let settings = config::Settings::load(config::config_path(&args).as_deref());
+    let command = match settings.and_then(|s| Ok((s.apply(Cli::command())?, s))) {
+        Ok(ok) => ok,
+        Err(failure) => return failure.report(),
+    };
+    let (command, settings) = command;
+    let matches = command.get_matches_from(args);
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
     init_logging(cli.verbose);
-    let settings = match config::Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
-        Err(failure) => return failure.report(),
-    };
     let global = Global {
         verbose: cli.verbose,
         state_dir: cli.state_dir,
+        given: config::Given::new(&matches, &settings),
         settings,
     };
-    let sub = matches
-        .subcommand()
-        .map(|(_, m)| m.clone())
-        .unwrap_or_default();
     let result: Result<(), Failure> = match cli.task {
-        Task::Image(args) => image::run(args, &sub, &global),
-        Task::Deploy(args) => deploy::run(args, &sub, &global),
+        Task::Image(args) => image::run(args, &global),
+        Task::Deploy(args) => deploy::run(args, &global),
         Task::Demo(args) => demo::run(args, &global),
         Task::Ci(args) => ci::run(args, &global),
         Task::Sim(args) => sim::run(args, &global),
