@@ -6,8 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use serde_json::{Value, json};
+use kube::config::{
+    Context as KubeContext, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
+    NamedContext, Preferences,
+};
+use serde_json::Value;
 
 use crate::error::{Error, Result, Side};
 
@@ -192,13 +195,6 @@ impl std::fmt::Debug for PodKubeconfig {
     }
 }
 
-fn named<'a>(doc: &'a Value, list: &str, name: &str) -> Option<&'a Value> {
-    doc.get(list)?
-        .as_array()?
-        .iter()
-        .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
-}
-
 /// The host of a server URL (`https://10.0.0.1:6443` → `10.0.0.1`).
 fn host_of(server: &str) -> String {
     let rest = server.split("://").nth(1).unwrap_or(server);
@@ -223,68 +219,65 @@ pub fn for_pods(source: &Source, allow_loopback: bool) -> Result<PodKubeconfig> 
     };
     let text = std::fs::read_to_string(&path).map_err(|e| read_err(e.to_string()))?;
     check_shape(&text).map_err(|e| bad_file(Side::Master, &path, &e))?;
-    let doc: Value = serde_yaml::from_str(&text).map_err(|e| read_err(format!("not YAML: {e}")))?;
-    let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+    // kube-rs reads it as client-go does (file references made absolute).
+    let doc = Kubeconfig::read_from(&path).map_err(|e| read_err(e.to_string()))?;
     let context_name = match &source.context {
         Some(c) => c.clone(),
         None => doc
-            .get("current-context")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+            .current_context
+            .clone()
             .ok_or_else(|| read_err("it has no current-context; pass --master-context".into()))?,
     };
-    let context = named(&doc, "contexts", &context_name)
-        .and_then(|c| c.get("context"))
+    let context = doc
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.clone())
         .ok_or_else(|| read_err(format!("it has no context `{context_name}`")))?;
-    let cluster_name = context
-        .get("cluster")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let user_name = context
-        .get("user")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
-    let mut cluster = named(&doc, "clusters", &cluster_name)
-        .and_then(|c| c.get("cluster"))
-        .cloned()
+    let cluster_name = context.cluster.clone();
+    let user_name = context.user.clone().unwrap_or_default();
+    let mut cluster = doc
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster_name)
+        .and_then(|c| c.cluster.clone())
         .ok_or_else(|| {
             read_err(format!(
                 "context `{context_name}` names cluster `{cluster_name}`, which it does not define"
             ))
         })?;
-    let mut user = named(&doc, "users", &user_name)
-        .and_then(|u| u.get("user"))
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    let mut user = doc
+        .auth_infos
+        .iter()
+        .find(|u| u.name == user_name)
+        .and_then(|u| u.auth_info.clone())
+        .unwrap_or_default();
 
     let refuse = |reason: String, hint: &str| Error::MasterKubeconfig {
         reason,
         hint: hint.to_owned(),
     };
-    if let Some(exec) = user.get("exec") {
-        let command = exec.get("command").and_then(Value::as_str).unwrap_or("?");
-        return Err(refuse(
+    let plugin = |what: String| {
+        refuse(
             format!(
-                "user `{user_name}` gets its credentials from the exec plugin `{command}`, which does not exist inside the hollow-node pods"
+                "user `{user_name}` gets its credentials from {what}, which does not exist inside the hollow-node pods"
             ),
             "use a kubeconfig with a token or client certificate for the master, e.g. a service account token from `kubectl create token`",
-        ));
+        )
+    };
+    if let Some(exec) = &user.exec {
+        let command = exec.command.as_deref().unwrap_or("?");
+        let command = Path::new(command)
+            .file_name()
+            .map_or(command.to_owned(), |n| n.to_string_lossy().into_owned());
+        return Err(plugin(format!("the exec plugin `{command}`")));
     }
-    if let Some(provider) = user.get("auth-provider") {
-        let name = provider.get("name").and_then(Value::as_str).unwrap_or("?");
-        return Err(refuse(
-            format!(
-                "user `{user_name}` gets its credentials from the auth-provider `{name}`, which does not exist inside the hollow-node pods"
-            ),
-            "use a kubeconfig with a token or client certificate for the master, e.g. a service account token from `kubectl create token`",
-        ));
+    if let Some(provider) = &user.auth_provider {
+        return Err(plugin(format!("the auth-provider `{}`", provider.name)));
     }
     let server = cluster
-        .get("server")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
+        .server
+        .clone()
         .ok_or_else(|| read_err(format!("cluster `{cluster_name}` has no server")))?;
     let host = host_of(&server);
     let local = kubemark_contract::local_address(&host);
@@ -297,72 +290,61 @@ pub fn for_pods(source: &Source, allow_loopback: bool) -> Result<PodKubeconfig> 
             "give the master's address as the external cluster's pods reach it, or pass --allow-loopback-master when the pods share the host's network (as in the demo)",
         ));
     }
-    let inline = |obj: &mut Value, file_key: &str, data_key: &str| -> Result<()> {
-        if let Some(file) = obj.get(file_key).and_then(Value::as_str).map(str::to_owned) {
-            let full = if Path::new(&file).is_absolute() {
-                PathBuf::from(&file)
-            } else {
-                dir.join(&file)
-            };
-            let bytes = std::fs::read(&full).map_err(|e| {
-                read_err(format!("cannot read {} ({file_key}): {e}", full.display()))
-            })?;
-            if let Some(m) = obj.as_object_mut() {
-                m.remove(file_key);
-                m.insert(
-                    data_key.into(),
-                    json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
-                );
-            }
-        }
-        Ok(())
+    // Every file the pod cannot see, read here and inlined.
+    let read = |file: String, key: &str| -> Result<Vec<u8>> {
+        std::fs::read(&file).map_err(|e| read_err(format!("cannot read {file} ({key}): {e}")))
     };
-    inline(
-        &mut cluster,
-        "certificate-authority",
-        "certificate-authority-data",
-    )?;
-    inline(&mut user, "client-certificate", "client-certificate-data")?;
-    inline(&mut user, "client-key", "client-key-data")?;
-    if let Some(file) = user
-        .get("tokenFile")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-    {
-        let full = if Path::new(&file).is_absolute() {
-            PathBuf::from(&file)
-        } else {
-            dir.join(&file)
-        };
-        let token = std::fs::read_to_string(&full)
-            .map_err(|e| read_err(format!("cannot read {} (tokenFile): {e}", full.display())))?;
-        if let Some(m) = user.as_object_mut() {
-            m.remove("tokenFile");
-            m.insert("token".into(), json!(token.trim()));
-        }
+    let encode = |bytes: Vec<u8>| base64::engine::general_purpose::STANDARD.encode(bytes);
+    if let Some(file) = cluster.certificate_authority.take() {
+        cluster.certificate_authority_data = Some(encode(read(file, "certificate-authority")?));
     }
-    let has_credentials = ["token", "client-certificate-data", "username"]
-        .iter()
-        .any(|k| user.get(k).is_some());
+    if let Some(file) = user.client_certificate.take() {
+        user.client_certificate_data = Some(encode(read(file, "client-certificate")?));
+    }
+    if let Some(file) = user.client_key.take() {
+        user.client_key_data = Some(encode(read(file, "client-key")?).into());
+    }
+    if let Some(file) = user.token_file.take() {
+        let token = String::from_utf8_lossy(&read(file, "tokenFile")?)
+            .trim()
+            .to_owned();
+        user.token = Some(token.into());
+    }
+    let has_credentials =
+        user.token.is_some() || user.client_certificate_data.is_some() || user.username.is_some();
     if !has_credentials {
         return Err(refuse(
             format!("user `{user_name}` has no token, client certificate or password"),
             "give the master kubeconfig credentials the hollow kubelets can present",
         ));
     }
-    let insecure = cluster
-        .get("insecure-skip-tls-verify")
-        .and_then(Value::as_bool)
-        == Some(true);
-    let out = json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": cluster_name, "cluster": cluster}],
-        "users": [{"name": user_name, "user": user}],
-        "contexts": [{"name": context_name, "context": {"cluster": cluster_name, "user": user_name}}],
-        "current-context": context_name,
-        "preferences": {},
-    });
+    let insecure = cluster.insecure_skip_tls_verify == Some(true);
+    let out = Kubeconfig {
+        api_version: Some("v1".into()),
+        kind: Some("Config".into()),
+        preferences: Some(Preferences::default()),
+        clusters: vec![NamedCluster {
+            name: cluster_name.clone(),
+            cluster: Some(cluster),
+            ..NamedCluster::default()
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: user_name.clone(),
+            auth_info: Some(user),
+            ..NamedAuthInfo::default()
+        }],
+        contexts: vec![NamedContext {
+            name: context_name.clone(),
+            context: Some(KubeContext {
+                cluster: cluster_name,
+                user: Some(user_name),
+                ..KubeContext::default()
+            }),
+            ..NamedContext::default()
+        }],
+        current_context: Some(context_name),
+        ..Kubeconfig::default()
+    };
     let yaml = serde_yaml::to_string(&out).map_err(|e| read_err(e.to_string()))?;
     Ok(PodKubeconfig {
         yaml,

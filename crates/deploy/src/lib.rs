@@ -4,9 +4,14 @@
 //! server-side apply, and wait with watches until the hollow nodes are Ready.
 //!
 //! Stages with typed values between them: [`Spec`] → [`plan::build`] (pure,
-//! printable: `render`) → [`preflight::run`] → [`apply::run`] → [`wait::run`].
-//! The library never prints; it emits [`Event`]s. It never depends on bollard
-//! or git2: the only thing it shares with the image side is the image reference.
+//! printable: `render`) → [`preflight::run`] (with [`capacity`]) →
+//! [`apply::run`] → [`wait::run`] (a fold of watch updates) →
+//! [`wait::delete_stale`]. The library never prints (the compiler holds it to
+//! that); it emits [`Event`]s. It never depends on bollard or git2: what it
+//! shares with the image side is `kubemark_contract` (the image reference,
+//! quantities, the loopback rule, events and cancellation).
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod apply;
 pub mod capacity;
@@ -123,20 +128,21 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &CancellationToken) ->
                 spec.timeout().as_secs()
             ),
         );
-        Some(
-            wait::run(
-                &external,
-                &master,
-                &spec.namespace,
-                &plan.selector,
-                spec.replicas as usize,
-                &pods_before,
-                spec.timeout(),
-                events,
-                cancel,
-            )
-            .await?,
+        let waited = wait::run(
+            &external,
+            &master,
+            &spec.namespace,
+            &plan.selector,
+            spec.replicas as usize,
+            &pods_before,
+            spec.timeout(),
+            events,
+            cancel,
         )
+        .await?;
+        let mut summary = waited.summary;
+        summary.stale_nodes_deleted = wait::delete_stale(&master, &waited.stale, events).await?;
+        Some(summary)
     } else {
         None
     };

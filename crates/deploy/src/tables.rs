@@ -54,6 +54,11 @@ struct Table {
 pub struct Cells(Vec<(&'static str, String)>);
 
 impl Cells {
+    /// Cells as a watcher of these columns would give them (for tests and the simulator's peers).
+    pub fn from_pairs(pairs: &[(&'static str, &str)]) -> Self {
+        Self(pairs.iter().map(|(c, v)| (*c, (*v).to_owned())).collect())
+    }
+
     pub fn get(&self, column: &str) -> &str {
         self.0
             .iter()
