@@ -11,7 +11,8 @@ use rcgen::KeyPair;
 
 use super::Binaries;
 use super::pki::{Authority, kubeconfig, tls, write};
-use crate::{Guard, free_port};
+use crate::free_port;
+use crate::process::Guard;
 
 /// What kind of control plane.
 #[derive(Debug, Clone)]
