@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rcgen::KeyPair;
+use tempfile::TempDir;
 
 use super::Binaries;
 use super::pki::{Authority, kubeconfig, tls, write};
@@ -48,31 +49,19 @@ pub struct ControlPlane {
     binaries: Binaries,
     components: Vec<Component>,
     apiserver_args: Vec<String>,
-    _tempdir: Option<TempDir>,
-}
-
-/// A directory removed when dropped (std only; the testbed has no tempfile).
-#[derive(Debug)]
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    /// `dir`, removed when dropped: the last field, so after the components
+    /// have stopped.
+    _tempdir: TempDir,
 }
 
 impl ControlPlane {
     /// Start one; returns when the API server is ready (`/readyz`) and, with
     /// controllers, when the default service account exists.
     pub fn start(binaries: &Binaries, config: Config) -> io::Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "kubemark-k8s-{}-{}-{}",
-            config.name,
-            std::process::id(),
-            free_port()?
-        ));
-        std::fs::create_dir_all(&dir)?;
-        let tempdir = TempDir(dir.clone());
+        let tempdir = tempfile::Builder::new()
+            .prefix(&format!("kubemark-k8s-{}-", config.name))
+            .tempdir()?;
+        let dir = tempdir.path().to_owned();
         let ca = Authority::new(&config.name)?;
         let f = |name: &str| dir.join(name);
         write(&f("ca.crt"), &ca.pem.cert)?;
@@ -144,7 +133,7 @@ impl ControlPlane {
             components: Vec::new(),
             apiserver_args,
             config,
-            _tempdir: Some(tempdir),
+            _tempdir: tempdir,
         };
         plane.spawn(
             "etcd",

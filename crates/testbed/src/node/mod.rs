@@ -77,6 +77,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tempfile::TempDir;
 use tokio::sync::watch;
 
 pub use self::environment::expand;
@@ -137,6 +138,8 @@ impl Config {
 pub struct NodeAgent {
     id: String,
     dir: PathBuf,
+    /// `dir`, removed when dropped: after `Drop::drop` has stopped the thread.
+    _tempdir: TempDir,
     network: String,
     shutdown: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -148,8 +151,10 @@ impl NodeAgent {
     /// and Lease exists with its status reported.
     pub fn start(plane: &ControlPlane, config: Config) -> io::Result<Self> {
         let id = format!("{}-{}", std::process::id(), crate::free_port()?);
-        let dir = std::env::temp_dir().join(format!("kubemark-node-agent-{id}"));
-        std::fs::create_dir_all(&dir)?;
+        let tempdir = tempfile::Builder::new()
+            .prefix(&format!("kubemark-node-agent-{id}-"))
+            .tempdir()?;
+        let dir = tempdir.path().to_owned();
         let mut kubeconfigs = Vec::new();
         for node in &config.nodes {
             let file =
@@ -198,6 +203,7 @@ impl NodeAgent {
         let agent = Self {
             id,
             dir,
+            _tempdir: tempdir,
             network,
             shutdown,
             thread: Some(thread),
@@ -247,6 +253,5 @@ impl Drop for NodeAgent {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
