@@ -34,30 +34,22 @@ impl PodWorker {
         };
         for from in spec.env_from.iter().flatten() {
             let prefix = from.prefix.clone().unwrap_or_default();
-            if let Some(r) = &from.config_map_ref {
-                match self.config_map(&namespace, &r.name).await {
-                    Ok(cm) => {
-                        for (k, v) in cm.data.unwrap_or_default() {
-                            set(&mut env, format!("{prefix}{k}"), v);
-                        }
-                    }
-                    Err(_) if r.optional == Some(true) => {}
-                    Err(e) => return Err(e),
+            if let Some(r) = &from.config_map_ref
+                && let Some(cm) = self.config_map(&namespace, &r.name, r.optional).await?
+            {
+                for (k, v) in cm.data.unwrap_or_default() {
+                    set(&mut env, format!("{prefix}{k}"), v);
                 }
             }
-            if let Some(r) = &from.secret_ref {
-                match self.secret(&namespace, &r.name).await {
-                    Ok(s) => {
-                        for (k, v) in s.data.unwrap_or_default() {
-                            set(
-                                &mut env,
-                                format!("{prefix}{k}"),
-                                String::from_utf8_lossy(&v.0).into_owned(),
-                            );
-                        }
-                    }
-                    Err(_) if r.optional == Some(true) => {}
-                    Err(e) => return Err(e),
+            if let Some(r) = &from.secret_ref
+                && let Some(s) = self.secret(&namespace, &r.name, r.optional).await?
+            {
+                for (k, v) in s.data.unwrap_or_default() {
+                    set(
+                        &mut env,
+                        format!("{prefix}{k}"),
+                        String::from_utf8_lossy(&v.0).into_owned(),
+                    );
                 }
             }
         }
@@ -89,10 +81,8 @@ impl PodWorker {
             return self.field(f).map(Some);
         }
         if let Some(r) = &source.secret_key_ref {
-            let secret = match self.secret(namespace, &r.name).await {
-                Ok(s) => s,
-                Err(_) if r.optional == Some(true) => return Ok(None),
-                Err(e) => return Err(e),
+            let Some(secret) = self.secret(namespace, &r.name, r.optional).await? else {
+                return Ok(None);
             };
             return match secret.data.unwrap_or_default().remove(&r.key) {
                 Some(v) => Ok(Some(String::from_utf8_lossy(&v.0).into_owned())),
@@ -101,10 +91,8 @@ impl PodWorker {
             };
         }
         if let Some(r) = &source.config_map_key_ref {
-            let cm = match self.config_map(namespace, &r.name).await {
-                Ok(c) => c,
-                Err(_) if r.optional == Some(true) => return Ok(None),
-                Err(e) => return Err(e),
+            let Some(cm) = self.config_map(namespace, &r.name, r.optional).await? else {
+                return Ok(None);
             };
             return match cm.data.unwrap_or_default().remove(&r.key) {
                 Some(v) => Ok(Some(v)),
@@ -156,18 +144,41 @@ impl PodWorker {
         })
     }
 
-    pub(super) async fn secret(&self, namespace: &str, name: &str) -> Result<Secret> {
-        Api::<Secret>::namespaced(self.client.clone(), namespace)
+    /// Secret `namespace/name`; `None` when it cannot be read and `optional` allows that.
+    pub(super) async fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        optional: Option<bool>,
+    ) -> Result<Option<Secret>> {
+        let got = Api::<Secret>::namespaced(self.client.clone(), namespace)
             .get(name)
             .await
-            .with_context(|| format!("reading secret {namespace}/{name}"))
+            .with_context(|| format!("reading secret {namespace}/{name}"));
+        unless_optional(got, optional)
     }
 
-    pub(super) async fn config_map(&self, namespace: &str, name: &str) -> Result<ConfigMap> {
-        Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
+    /// Config map `namespace/name`; `None` when it cannot be read and `optional` allows that.
+    pub(super) async fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+        optional: Option<bool>,
+    ) -> Result<Option<ConfigMap>> {
+        let got = Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
             .get(name)
             .await
-            .with_context(|| format!("reading config map {namespace}/{name}"))
+            .with_context(|| format!("reading config map {namespace}/{name}"));
+        unless_optional(got, optional)
+    }
+}
+
+/// A reference's object, or `None` for a failure that `optional: true` makes no error.
+fn unless_optional<T>(got: Result<T>, optional: Option<bool>) -> Result<Option<T>> {
+    match got {
+        Ok(object) => Ok(Some(object)),
+        Err(_) if optional == Some(true) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -83,18 +83,14 @@ impl PodWorker {
         }
         if let Some(s) = &volume.secret {
             let name = s.secret_name.clone().unwrap_or_default();
-            match self.secret(&namespace, &name).await {
-                Ok(secret) => write_keys(&dir, &secret_files(secret), &s.items, s.default_mode)?,
-                Err(_) if s.optional == Some(true) => {}
-                Err(e) => return Err(e),
+            if let Some(secret) = self.secret(&namespace, &name, s.optional).await? {
+                write_keys(&dir, &secret_files(secret), &s.items, s.default_mode)?;
             }
             return Ok((dir, true));
         }
         if let Some(c) = &volume.config_map {
-            match self.config_map(&namespace, &c.name).await {
-                Ok(cm) => write_keys(&dir, &config_map_files(cm), &c.items, c.default_mode)?,
-                Err(_) if c.optional == Some(true) => {}
-                Err(e) => return Err(e),
+            if let Some(cm) = self.config_map(&namespace, &c.name, c.optional).await? {
+                write_keys(&dir, &config_map_files(cm), &c.items, c.default_mode)?;
             }
             return Ok((dir, true));
         }
@@ -104,23 +100,15 @@ impl PodWorker {
         }
         if let Some(p) = &volume.projected {
             for source in p.sources.iter().flatten() {
-                if let Some(s) = &source.secret {
-                    match self.secret(&namespace, &s.name).await {
-                        Ok(secret) => {
-                            write_keys(&dir, &secret_files(secret), &s.items, p.default_mode)?
-                        }
-                        Err(_) if s.optional == Some(true) => {}
-                        Err(e) => return Err(e),
-                    }
+                if let Some(s) = &source.secret
+                    && let Some(secret) = self.secret(&namespace, &s.name, s.optional).await?
+                {
+                    write_keys(&dir, &secret_files(secret), &s.items, p.default_mode)?;
                 }
-                if let Some(c) = &source.config_map {
-                    match self.config_map(&namespace, &c.name).await {
-                        Ok(cm) => {
-                            write_keys(&dir, &config_map_files(cm), &c.items, p.default_mode)?
-                        }
-                        Err(_) if c.optional == Some(true) => {}
-                        Err(e) => return Err(e),
-                    }
+                if let Some(c) = &source.config_map
+                    && let Some(cm) = self.config_map(&namespace, &c.name, c.optional).await?
+                {
+                    write_keys(&dir, &config_map_files(cm), &c.items, p.default_mode)?;
                 }
                 if let Some(d) = &source.downward_api {
                     self.write_downward(&dir, d.items.iter().flatten(), p.default_mode)?;
