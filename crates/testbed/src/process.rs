@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -150,4 +151,11 @@ pub fn process_tree(pid: u32) -> Vec<u32> {
 /// Whether the process `pid` is alive (not gone, not a zombie).
 pub fn is_alive(pid: u32) -> bool {
     Proc::read(pid).is_some_and(|p| p.is_alive())
+}
+
+/// The last `lines` lines of a log file (nothing when it cannot be read).
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

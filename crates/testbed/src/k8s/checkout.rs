@@ -35,9 +35,7 @@ pub fn real_kubemark_checkout(base: &Path, name: &str) -> io::Result<crate::Fixt
     // directory: with it, every run would download and compile all of Kubernetes).
     // `go` on PATH, else where Go's installer puts it (make runs with the
     // environment of whoever runs `cargo xtask image`).
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("go").is_file()));
-    let go = if on_path {
+    let go = if crate::installed("go") {
         "go"
     } else {
         "/usr/local/go/bin/go"

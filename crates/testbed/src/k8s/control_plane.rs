@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use tempfile::TempDir;
 use super::Binaries;
 use super::pki::{Authority, kubeconfig, tls, write};
 use crate::free_port;
-use crate::process::Guard;
+use crate::process::{Guard, tail};
 
 /// What kind of control plane.
 #[derive(Debug, Clone)]
@@ -357,12 +357,6 @@ impl ControlPlane {
             .collect::<Vec<_>>()
             .join("\n")
     }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 impl Drop for ControlPlane {

@@ -58,7 +58,6 @@ impl Authority {
 
     /// A client certificate for `user` in `group` (Kubernetes reads CN and O).
     pub fn client(&self, user: &str, group: Option<&str>) -> io::Result<Pem> {
-        let key = KeyPair::generate().map_err(tls)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
         params.distinguished_name.push(DnType::CommonName, user);
         if let Some(group) = group {
@@ -68,16 +67,11 @@ impl Authority {
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let cert = params.signed_by(&key, &self.issuer).map_err(tls)?;
-        Ok(Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        })
+        self.sign(&params)
     }
 
     /// A serving certificate for these names and addresses.
     pub fn server(&self, names: &[&str], addresses: &[IpAddr]) -> io::Result<Pem> {
-        let key = KeyPair::generate().map_err(tls)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
         params
             .distinguished_name
@@ -95,6 +89,12 @@ impl Authority {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
+        self.sign(&params)
+    }
+
+    /// A certificate of `params` for a new key, signed by this authority.
+    fn sign(&self, params: &CertificateParams) -> io::Result<Pem> {
+        let key = KeyPair::generate().map_err(tls)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(tls)?;
         Ok(Pem {
             cert: cert.pem(),

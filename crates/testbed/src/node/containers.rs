@@ -15,9 +15,17 @@ use serde_json::json;
 use super::engine::{is_docker_not_found, remove_container};
 use super::environment::expand;
 use super::runtime::now;
-use super::sync::{Backoff, PodWorker};
+use super::sync::{Backoff, Ctr, PodWorker};
 use super::volumes::relative;
 use super::{LABEL, PAUSE_IMAGE, POD_UID_LABEL};
+
+impl Ctr {
+    /// Back off (from `first`, doubling up to `max`), waiting with `reason` and `message`.
+    fn back_off(&mut self, first: Duration, max: Duration, reason: &str, message: String) {
+        self.backoff.fail(first, max);
+        self.state = json!({"waiting": {"reason": reason, "message": message}});
+    }
+}
 
 impl PodWorker {
     /// Advance container `i`: start it when due, observe its exit, restart it.
@@ -136,14 +144,12 @@ impl PodWorker {
         let image = spec.image.clone().unwrap_or_default();
         if !self.ctrs[i].pulled {
             if let Err(e) = self.ensure_image(&spec).await {
-                let c = &mut self.ctrs[i];
-                c.backoff.fail(first, max);
                 let reason = if spec.image_pull_policy.as_deref() == Some("Never") {
                     "ErrImageNeverPull"
                 } else {
                     "ErrImagePull"
                 };
-                c.state = json!({"waiting": {"reason": reason, "message": format!("{e:#}")}});
+                self.ctrs[i].back_off(first, max, reason, format!("{e:#}"));
                 return Err(e.context(format!("image {image} of container {}", spec.name)));
             }
             self.ctrs[i].pulled = true;
@@ -151,9 +157,12 @@ impl PodWorker {
         let body = match self.container_body(i).await {
             Ok(body) => body,
             Err(e) => {
-                let c = &mut self.ctrs[i];
-                c.backoff.fail(first.min(Duration::from_secs(2)), max);
-                c.state = json!({"waiting": {"reason": "CreateContainerConfigError", "message": format!("{e:#}")}});
+                self.ctrs[i].back_off(
+                    first.min(Duration::from_secs(2)),
+                    max,
+                    "CreateContainerConfigError",
+                    format!("{e:#}"),
+                );
                 return Err(e.context(format!("configuring container {}", spec.name)));
             }
         };
@@ -180,9 +189,12 @@ impl PodWorker {
             Err(e) => {
                 // A leftover of an attempt whose removal failed: remove it, retry next tick.
                 let _ = remove_container(&docker, &name).await;
-                let c = &mut self.ctrs[i];
-                c.backoff.fail(first.min(Duration::from_secs(2)), max);
-                c.state = json!({"waiting": {"reason": "CreateContainerError", "message": e.to_string()}});
+                self.ctrs[i].back_off(
+                    first.min(Duration::from_secs(2)),
+                    max,
+                    "CreateContainerError",
+                    e.to_string(),
+                );
                 return Err(e).with_context(|| format!("creating container {}", spec.name));
             }
         };

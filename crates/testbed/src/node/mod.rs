@@ -238,9 +238,7 @@ impl NodeAgent {
 
     /// The last `lines` of the agent's log (what it did, and every error).
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::process::tail(&self.dir.join("agent.log"), lines)
     }
 }
 

@@ -6,6 +6,7 @@ use bollard::query_parameters::CreateImageOptions;
 use futures_util::TryStreamExt;
 
 use super::PAUSE_IMAGE;
+use crate::images::append_executable;
 
 /// A static x86-64 ELF executable: `loop { pause() }`. 129 bytes: the ELF
 /// header, one PT_LOAD program header mapping the file at 0x400000, and
@@ -48,12 +49,7 @@ pub(super) async fn ensure_pause_image(docker: &Docker) -> Result<()> {
     }
     let program = pause_program();
     let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(program.len() as u64);
-    header.set_mode(0o755);
-    header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(&mut header, "pause", program.as_slice())
-        .context("building the sandbox image's layer")?;
+    append_executable(&mut tar, "pause", &program).context("building the sandbox image's layer")?;
     let layer = tar
         .into_inner()
         .context("building the sandbox image's layer")?;
