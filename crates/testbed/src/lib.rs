@@ -7,6 +7,8 @@
 //! `cluster/images/kubemark/Dockerfile`). `cargo xtask ci` installs what these
 //! need. Test code, not product code: nothing in `crates/image` uses it.
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod fixture;
 mod git;
 mod images;

@@ -33,6 +33,10 @@ impl Binaries {
     /// For a test: the components, or `None` and a printed `SKIPPED` line when
     /// nobody built them. Under `KUBEMARK_REQUIRE_REAL` (set by `cargo xtask
     /// ci`, which builds them) a missing component fails the test instead.
+    #[allow(
+        clippy::print_stderr,
+        reason = "a test that skips says so on stderr, where the test runner shows it"
+    )]
     pub fn for_tests() -> Option<Self> {
         let found = Self::find();
         if found.is_none() {

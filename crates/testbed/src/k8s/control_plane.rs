@@ -360,6 +360,10 @@ impl ControlPlane {
 }
 
 impl Drop for ControlPlane {
+    #[allow(
+        clippy::print_stderr,
+        reason = "a failing test shows the tails of the components' logs"
+    )]
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", self.logs(30));

@@ -243,6 +243,10 @@ impl NodeAgent {
 }
 
 impl Drop for NodeAgent {
+    #[allow(
+        clippy::print_stderr,
+        reason = "a failing test shows the agent's log: what it did and every error"
+    )]
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("--- node agent {} log:\n{}", self.id, self.log_tail(60));
