@@ -67,15 +67,6 @@ fn busybox_in(registry: &Registry) -> String {
     name
 }
 
-/// Removes a directory when dropped.
-struct RemoveDir(std::path::PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Removes an image when dropped.
 struct RemoveImage(String);
 
@@ -153,9 +144,11 @@ fn the_node_agent_runs_pods_of_a_real_control_plane() {
         },
     )
     .unwrap();
-    let scratch =
-        std::env::temp_dir().join(format!("kubemark-node-agent-test-{}", std::process::id()));
-    let _scratch = RemoveDir(scratch.clone());
+    let scratch_dir = tempfile::Builder::new()
+        .prefix("kubemark-node-agent-test-")
+        .tempdir()
+        .unwrap();
+    let scratch = scratch_dir.path();
     let registry = Registry::start(&scratch.join("registry"), None).unwrap();
     let image = busybox_in(&registry);
     let _image = RemoveImage(image.clone());

@@ -1,0 +1,89 @@
+//! `docker-registry` on a loopback port.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::process::{Guard, free_port, wait_for_port};
+use crate::programs::{require, run};
+
+/// A `docker-registry` (distribution 2.8) on a loopback port, with filesystem storage.
+#[derive(Debug)]
+pub struct Registry {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    pub auth: Option<(String, String)>,
+    pub dir: PathBuf,
+    _child: Guard,
+}
+
+impl Registry {
+    /// The server's process id (what it started are its descendants).
+    pub fn pid(&self) -> u32 {
+        self._child.pid()
+    }
+
+    /// Start a registry keeping its data in `dir`; with `auth`, it wants that
+    /// user and password (htpasswd, bcrypt).
+    pub fn start(dir: &Path, auth: Option<(&str, &str)>) -> io::Result<Self> {
+        require("docker-registry")?;
+        std::fs::create_dir_all(dir)?;
+        let port = free_port()?;
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-secret\n",
+            dir.join("data").display()
+        );
+        if let Some((user, password)) = auth {
+            require("htpasswd")?;
+            let line = run("htpasswd", &["-Bbn", user, password], None)?;
+            let file = dir.join("htpasswd");
+            std::fs::write(&file, format!("{line}\n"))?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kubemark-test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let config_path = dir.join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.join("registry.log"))?;
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        wait_for_port(port, "docker-registry", &mut child)?;
+        Ok(Self {
+            addr: format!("127.0.0.1:{port}"),
+            auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            dir: dir.to_owned(),
+            _child: Guard(child),
+        })
+    }
+
+    /// The digest the registry serves for `repository:tag` (read with curl), if any.
+    pub fn digest(&self, repository: &str, tag: &str) -> io::Result<Option<String>> {
+        let url = format!("http://{}/v2/{repository}/manifests/{tag}", self.addr);
+        let mut args = vec![
+            "-sS".to_owned(),
+            "-I".to_owned(),
+            "-H".to_owned(),
+            "Accept: application/vnd.docker.distribution.manifest.v2+json".to_owned(),
+        ];
+        if let Some((u, p)) = &self.auth {
+            args.push("-u".into());
+            args.push(format!("{u}:{p}"));
+        }
+        args.push(url);
+        let output = Command::new("curl").args(&args).output()?;
+        let head = String::from_utf8_lossy(&output.stdout).to_string();
+        if !head.starts_with("HTTP/1.1 200") {
+            return Ok(None);
+        }
+        Ok(head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| v.trim().to_owned())
+        }))
+    }
+}
