@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kubemark_deploy::{Choice, Resources, Source, Spec};
+use kubemark_deploy::{Source, Spec};
 use kubemark_sim::{Sim, SimConfig};
 
 use crate::Global;
@@ -75,32 +75,20 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
             renderer.line(&format!(
                 "    image {image} (the simulated kubelets pull any image)"
             ));
-            let spec = Spec {
-                external: Source {
+            let mut spec = Spec::new(
+                Source {
                     path: Some(external.kubeconfig.clone()),
                     context: None,
                 },
-                master: Source {
+                Source {
                     path: Some(master.kubeconfig.clone()),
                     context: None,
                 },
-                namespace: "kubemark".into(),
                 replicas,
                 image,
-                template: Choice::Simplified,
-                sets: Default::default(),
-                resources: Resources::default(),
-                node_labels: Vec::new(),
-                register_with_taints: None,
-                max_pods: None,
-                extended_resources: None,
-                timeout: None,
-                wait: true,
-                // The simulated pods share this host's network, so the master's 127.0.0.1 reaches it.
-                allow_loopback_master: true,
-                skip_capacity_check: false,
-                adopt: false,
-            };
+            );
+            // The simulated pods share this host's network, so the master's 127.0.0.1 reaches it.
+            spec.allow_loopback_master = true;
             let outcome = kubemark_deploy::deploy(&spec, &events, &cancel)
                 .await
                 .map_err(failure)?;

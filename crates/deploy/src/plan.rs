@@ -100,6 +100,30 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// `replicas` hollow nodes of `image` in the namespace `kubemark`, with the
+    /// simplified template and every other choice at its default.
+    pub fn new(external: Source, master: Source, replicas: u32, image: ImageRef) -> Self {
+        Self {
+            external,
+            master,
+            namespace: "kubemark".into(),
+            replicas,
+            image,
+            template: Choice::Simplified,
+            sets: BTreeMap::new(),
+            resources: Resources::default(),
+            node_labels: Vec::new(),
+            register_with_taints: None,
+            max_pods: None,
+            extended_resources: None,
+            timeout: None,
+            wait: true,
+            allow_loopback_master: false,
+            skip_capacity_check: false,
+            adopt: false,
+        }
+    }
+
     /// The wait's limit: the given one, or 2 minutes plus 0.1 s per node.
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or_else(|| {

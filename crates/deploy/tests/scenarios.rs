@@ -1,0 +1,287 @@
+//! Scenarios at the library level: `kubemark_deploy`'s functions against two
+//! in-process simulators (over real HTTPS), with the event log compared to a
+//! snapshot. What the log says is what a user reads, so a change in it shows
+//! here as a diff (`UPDATE_EXPECT=1 cargo test -p kubemark-deploy --test
+//! scenarios` rewrites the snapshots after a deliberate change).
+//!
+//! Progress lines depend on timing and are left out; addresses, versions and
+//! ports are replaced by names.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use expect_test::{Expect, expect};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, PostParams};
+use kubemark_contract::{CancellationToken, ImageRef};
+use kubemark_deploy::{Event, Events, Source, Spec};
+use kubemark_sim::{Sim, SimConfig};
+
+struct Clusters {
+    external: Sim,
+    master: Sim,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Clusters {
+    async fn start() -> Self {
+        let external = Sim::start(SimConfig {
+            name: "external".into(),
+            workers: 2,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let master = Sim::start(SimConfig {
+            name: "master".into(),
+            workers: 0,
+            version: "v1.33.2".into(),
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        Self {
+            external,
+            master,
+            log: Arc::default(),
+        }
+    }
+
+    fn spec(&self, replicas: u32) -> Spec {
+        let source = |sim: &Sim| Source {
+            path: Some(sim.kubeconfig.clone()),
+            context: None,
+        };
+        let mut spec = Spec::new(
+            source(&self.external),
+            source(&self.master),
+            replicas,
+            ImageRef::parse("127.0.0.1:5000/kubemark:v1.33.2").unwrap(),
+        );
+        // The simulated hollow nodes share this host's network.
+        spec.allow_loopback_master = true;
+        spec.timeout = Some(Duration::from_secs(120));
+        spec
+    }
+
+    /// A sink that keeps every event but progress, as a line, names for addresses.
+    fn events(&self) -> Events {
+        let log = Arc::clone(&self.log);
+        let names = [
+            (self.external.url.clone(), "<external>"),
+            (self.master.url.clone(), "<master>"),
+        ];
+        Events::new(move |event| {
+            let line = match event {
+                Event::Progress { .. } | Event::Stalled { .. } => return,
+                Event::Stage { stage, what } => format!("== {stage}: {what}"),
+                Event::Note(text) => format!("note: {text}"),
+                Event::Warning(text) => format!("warning: {text}"),
+                Event::Applied {
+                    kind,
+                    name,
+                    changed,
+                } => format!(
+                    "applied {kind} {name}{}",
+                    if changed { "" } else { " (unchanged)" }
+                ),
+                Event::Deleted { kind, count } => format!("deleted {count} {kind}"),
+            };
+            let line = names
+                .iter()
+                .fold(line, |line, (url, name)| line.replace(url.as_str(), name));
+            log.lock().unwrap().push(line);
+        })
+    }
+
+    /// The log so far, emptied.
+    fn take(&self) -> String {
+        let lines = std::mem::take(&mut *self.log.lock().unwrap());
+        lines.join("\n") + "\n"
+    }
+
+    async fn connect(&self) -> (kubemark_deploy::Cluster, kubemark_deploy::Cluster) {
+        let spec = self.spec(0);
+        kubemark_deploy::connect(&spec.external, &spec.master)
+            .await
+            .unwrap()
+    }
+}
+
+fn check(actual: &str, expect: Expect) {
+    expect.assert_eq(actual);
+}
+
+/// An error as the CLI shows it: the message, the details, the hint.
+fn shown(e: &kubemark_deploy::Error) -> String {
+    let mut out = format!("error: {e}\n");
+    if let kubemark_deploy::Error::Refused { details, hint, .. } = e {
+        for d in details {
+            out += &format!("  {d}\n");
+        }
+        out += &format!("hint: {hint}\n");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_again_scale_down_and_destroy_as_the_user_reads_it() {
+    let c = Clusters::start().await;
+    let cancel = CancellationToken::new();
+    let outcome = kubemark_deploy::deploy(&c.spec(3), &c.events(), &cancel)
+        .await
+        .unwrap();
+    let summary = outcome.summary.unwrap();
+    assert_eq!((summary.wanted, summary.stale_nodes_deleted), (3, 0));
+    check(
+        &c.take(),
+        expect![[r#"
+            == preflight: rendering the manifests and checking both clusters
+            warning: the master is at a loopback address (<master>): this works only for pods on the host's network (--allow-loopback-master)
+            note: external cluster <external> (v1.33.0), context sim-external
+            note: kubemark master <master> (v1.33.2), context sim-master
+            note: room for 132 more hollow-node pods, 3 needed
+            == apply: 3 hollow nodes from templates/hollow-node.yaml into namespace kubemark
+            applied Namespace kubemark
+            note: created namespace kubemark: deploy's own, destroy deletes it
+            applied Secret kubeconfig
+            applied ReplicationController hollow-node
+            == wait: for 3 pods Running and 3 nodes Ready (timeout 120s)
+        "#]],
+    );
+
+    // Unchanged: nothing is written again.
+    kubemark_deploy::deploy(&c.spec(3), &c.events(), &cancel)
+        .await
+        .unwrap();
+    check(
+        &c.take(),
+        expect![[r#"
+            == preflight: rendering the manifests and checking both clusters
+            warning: the master is at a loopback address (<master>): this works only for pods on the host's network (--allow-loopback-master)
+            note: external cluster <external> (v1.33.0), context sim-external
+            note: kubemark master <master> (v1.33.2), context sim-master
+            note: room for 129 more hollow-node pods, 0 needed
+            == apply: 3 hollow nodes from templates/hollow-node.yaml into namespace kubemark
+            applied Namespace kubemark (unchanged)
+            applied Secret kubeconfig (unchanged)
+            applied ReplicationController hollow-node (unchanged)
+            == wait: for 3 pods Running and 3 nodes Ready (timeout 120s)
+        "#]],
+    );
+
+    // 3 → 1: the Nodes of the two pods that went are deleted after the wait.
+    let outcome = kubemark_deploy::deploy(&c.spec(1), &c.events(), &cancel)
+        .await
+        .unwrap();
+    assert_eq!(outcome.summary.unwrap().stale_nodes_deleted, 2);
+    check(
+        &c.take(),
+        expect![[r#"
+            == preflight: rendering the manifests and checking both clusters
+            warning: the master is at a loopback address (<master>): this works only for pods on the host's network (--allow-loopback-master)
+            note: external cluster <external> (v1.33.0), context sim-external
+            note: kubemark master <master> (v1.33.2), context sim-master
+            note: room for 129 more hollow-node pods, 0 needed
+            == apply: 1 hollow nodes from templates/hollow-node.yaml into namespace kubemark
+            applied Namespace kubemark (unchanged)
+            applied Secret kubeconfig (unchanged)
+            applied ReplicationController hollow-node
+            == wait: for 1 pods Running and 1 nodes Ready (timeout 120s)
+            deleted 2 stale hollow Node
+        "#]],
+    );
+
+    let (external, master) = c.connect().await;
+    let status = kubemark_deploy::status::status(&external, &master, "kubemark")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.wanted, status.pods, status.running, status.ready),
+        (Some(1), 1, 1, 1)
+    );
+    let destroyed = kubemark_deploy::destroy::destroy(
+        &external,
+        &master,
+        "kubemark",
+        Duration::from_secs(60),
+        &c.events(),
+        &cancel,
+    )
+    .await
+    .unwrap();
+    assert!(
+        destroyed.namespace && destroyed.left.is_empty(),
+        "{destroyed:?}"
+    );
+    check(
+        &c.take(),
+        expect![[r#"
+            == destroy: what deploy made for namespace kubemark, on both clusters
+            deleted 1 ReplicationController
+            deleted 1 Pod
+            deleted 1 Secret
+            deleted 1 Namespace
+            deleted 1 hollow Node
+        "#]],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_deploy_did_not_make_stops_it_before_any_write() {
+    let c = Clusters::start().await;
+    let (external, _) = c.connect().await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(external.client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "kubemark"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(external.client.clone(), "kubemark");
+    let theirs: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kubeconfig"},
+        "stringData": {"kubeconfig": "someone else's"}
+    }))
+    .unwrap();
+    secrets
+        .create(
+            &PostParams {
+                field_manager: Some("kubectl-create".into()),
+                ..PostParams::default()
+            },
+            &theirs,
+        )
+        .await
+        .unwrap();
+    let e = kubemark_deploy::deploy(&c.spec(2), &c.events(), &CancellationToken::new())
+        .await
+        .unwrap_err();
+    check(
+        &shown(&e),
+        expect![[r#"
+        error: 1 object(s) deploy would write already exist in namespace kubemark and are not deploy's
+          Secret kubemark/kubeconfig (managed by kubectl-create)
+        hint: nothing was changed. Deploy into another --namespace, or move those objects away, or pass --adopt to take them over (deploy then overwrites them and destroy deletes them)
+    "#]],
+    );
+    check(
+        &c.take(),
+        expect![[r#"
+            == preflight: rendering the manifests and checking both clusters
+            warning: the master is at a loopback address (<master>): this works only for pods on the host's network (--allow-loopback-master)
+            note: external cluster <external> (v1.33.0), context sim-external
+            note: kubemark master <master> (v1.33.2), context sim-master
+            note: namespace kubemark exists and deploy did not create it: deploy works in it but does not take it over, and destroy will not delete it
+        "#]],
+    );
+    // Still theirs, and nothing of deploy's was written.
+    let secret = secrets.get("kubeconfig").await.unwrap();
+    assert!(secret.metadata.labels.is_none_or(|l| l.is_empty()));
+    let rcs: Api<k8s_openapi::api::core::v1::ReplicationController> =
+        Api::namespaced(external.client.clone(), "kubemark");
+    assert!(rcs.get_opt("hollow-node").await.unwrap().is_none());
+}
