@@ -21,7 +21,7 @@ pub mod source;
 pub use auth::Credentials;
 pub use error::{Error, Result};
 pub use event::{CancellationToken, Event, Events, Stage};
-pub use pipeline::{Outcome, Plan, Prepared, Spec, Status, execute, preflight, run};
+pub use pipeline::{Outcome, Plan, Prepared, SourceAction, Spec, Status, execute, preflight, run};
 pub use record::{Record, Records};
 pub use reference::{ImageRef, RefError};
 pub use source::SourceSpec;

@@ -53,8 +53,7 @@ pub struct Plan {
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PlanSource {
-    /// `clone`, `update` or `as-is`.
-    pub action: String,
+    pub action: SourceAction,
     pub dir: PathBuf,
     pub repository: String,
     #[serde(rename = "ref")]
@@ -62,6 +61,35 @@ pub struct PlanSource {
     pub depth: u32,
     /// Local changes found (only with `--allow-dirty`).
     pub changes: Vec<String>,
+}
+
+/// What the source stage will do with the checkout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceAction {
+    /// No checkout yet: clone the ref.
+    Clone,
+    /// A clean checkout: fetch the ref and check it out.
+    Update,
+    /// Build what is checked out (`--no-update`, or local changes with `--allow-dirty`).
+    AsIs,
+}
+
+impl SourceAction {
+    /// `clone`, `update` or `as-is`, as the plan prints it (text and JSON alike).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceAction::Clone => "clone",
+            SourceAction::Update => "update",
+            SourceAction::AsIs => "as-is",
+        }
+    }
+}
+
+impl std::fmt::Display for SourceAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -192,11 +220,11 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
     };
 
     let action = match &local {
-        Local::Absent => "clone",
-        Local::Checkout { .. } if !spec.source.update || !changes.is_empty() => "as-is",
-        Local::Checkout { .. } => "update",
+        Local::Absent => SourceAction::Clone,
+        Local::Checkout { .. } if !spec.source.update || !changes.is_empty() => SourceAction::AsIs,
+        Local::Checkout { .. } => SourceAction::Update,
     };
-    let resolved = if action == "as-is" {
+    let resolved = if action == SourceAction::AsIs {
         None
     } else {
         let (url, git_ref) = (spec.source.url.clone(), spec.source.git_ref.clone());
@@ -223,7 +251,7 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         image: spec.image.to_string(),
         engine: format!("{} ({})", engine.endpoint, engine.version),
         source: PlanSource {
-            action: action.into(),
+            action,
             dir: spec.source.dir.clone(),
             repository: source::redact_url(&spec.source.url),
             git_ref: resolved.clone(),
@@ -375,14 +403,14 @@ pub async fn execute(
     // Source.
     events.emit(Event::Stage {
         stage: Stage::Source,
-        what: match plan.source.action.as_str() {
-            "clone" => format!(
+        what: match plan.source.action {
+            SourceAction::Clone => format!(
                 "cloning {} into {}",
                 plan.source.repository,
                 spec.source.dir.display()
             ),
-            "update" => format!("updating {}", spec.source.dir.display()),
-            _ => format!("using {} as it is", spec.source.dir.display()),
+            SourceAction::Update => format!("updating {}", spec.source.dir.display()),
+            SourceAction::AsIs => format!("using {} as it is", spec.source.dir.display()),
         },
     });
     let checkout = {
@@ -616,4 +644,21 @@ fn fingerprint(
         h.update(format!("label {k}={v}\n"));
     }
     format!("sha256:{}", context::hex(&h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_actions_print_and_serialise_as_before() {
+        for (action, text) in [
+            (SourceAction::Clone, "clone"),
+            (SourceAction::Update, "update"),
+            (SourceAction::AsIs, "as-is"),
+        ] {
+            assert_eq!(action.to_string(), text);
+            assert_eq!(serde_json::to_value(action).unwrap(), text);
+        }
+    }
 }
