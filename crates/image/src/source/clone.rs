@@ -1,6 +1,7 @@
 //! A fresh clone, made beside the target and moved into place when complete.
 
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 
 use git2::Repository;
 
@@ -28,7 +29,13 @@ pub(super) fn clone(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     // Clone beside the target and rename at the end, so an interrupted clone leaves no half checkout.
-    let partial = tempfile_dir(&parent, &name)?;
+    // Its mode as `create_dir` makes it (0o777 less the umask), since it becomes the checkout;
+    // removed on drop (an error, a cancel) unless kept.
+    let partial = tempfile::Builder::new()
+        .prefix(&format!(".{name}.partial-"))
+        .permissions(std::fs::Permissions::from_mode(0o777))
+        .tempdir_in(&parent)
+        .map_err(Error::io("creating a directory in", &parent))?;
     let result = (|| -> Result<()> {
         let repo =
             Repository::init(partial.path()).map_err(Error::git("creating the repository"))?;
@@ -50,38 +57,87 @@ pub(super) fn clone(
     describe_checkout(&repo, &spec.dir, Vec::new())
 }
 
-/// A directory removed on drop unless kept.
-struct PartialDir(Option<PathBuf>);
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
 
-impl PartialDir {
-    fn path(&self) -> &Path {
-        self.0.as_deref().unwrap_or(Path::new(""))
-    }
+    use super::*;
 
-    fn keep(mut self) -> PathBuf {
-        self.0.take().unwrap_or_default()
-    }
-}
-
-impl Drop for PartialDir {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_dir_all(path);
+    fn spec(url: &Path, dir: &Path) -> SourceSpec {
+        SourceSpec {
+            url: url.to_string_lossy().into_owned(),
+            git_ref: None,
+            dir: dir.to_owned(),
+            depth: 1,
+            update: true,
+            allow_dirty: false,
         }
     }
-}
 
-fn tempfile_dir(parent: &Path, name: &str) -> Result<PartialDir> {
-    for n in 0..100 {
-        let path = parent.join(format!(".{name}.partial-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&path) {
-            Ok(()) => return Ok(PartialDir(Some(path))),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(Error::io("creating", path)(e)),
+    fn master() -> Resolved {
+        Resolved {
+            asked: "HEAD".into(),
+            refname: Some("refs/heads/master".into()),
+            commit: None,
         }
     }
-    Err(Error::Usage(format!(
-        "cannot create a temporary directory in {}",
-        parent.display()
-    )))
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_failed_clone_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("src");
+        let e = clone(
+            &spec(&tmp.path().join("nowhere"), &parent.join("k")),
+            &master(),
+            &Events::discard(),
+            &CancellationToken::new(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::RemoteUnreachable { .. }), "{e:?}");
+        assert_eq!(entries(&parent), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_clone_is_moved_into_place_with_the_mode_of_a_made_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let upstream = tmp.path().join("upstream");
+        let repo = Repository::init(&upstream).unwrap();
+        std::fs::write(upstream.join("README"), "kubernetes\n").unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_path(Path::new("README")).unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let who = git2::Signature::now("t", "t@example.com").unwrap();
+        let commit = repo.commit(None, &who, &who, "one", &tree, &[]).unwrap();
+        repo.reference("refs/heads/master", commit, true, "test")
+            .unwrap();
+
+        let parent = tmp.path().join("src");
+        let dir = parent.join("k");
+        let checkout = clone(
+            &spec(&upstream, &dir),
+            &master(),
+            &Events::discard(),
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        assert_eq!(checkout.commit, commit.to_string());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("README")).unwrap(),
+            "kubernetes\n"
+        );
+        assert_eq!(entries(&parent), ["k"]);
+        let made = tmp.path().join("made");
+        std::fs::create_dir(&made).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), mode(&made));
+    }
 }
