@@ -6,6 +6,8 @@
 //! depends on kube: the only thing it shares with the cluster side is the
 //! image reference in [`Record`].
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod auth;
 pub mod context;
 pub mod engine;
