@@ -59,43 +59,49 @@ pub(super) fn local_changes(repo: &Repository) -> Result<Vec<String>> {
         if s.is_empty() || s.contains(Status::IGNORED) {
             continue;
         }
-        let index = if s.contains(Status::INDEX_NEW) {
-            'A'
-        } else if s.contains(Status::INDEX_MODIFIED) {
-            'M'
-        } else if s.contains(Status::INDEX_DELETED) {
-            'D'
-        } else if s.contains(Status::INDEX_RENAMED) {
-            'R'
-        } else if s.contains(Status::INDEX_TYPECHANGE) {
-            'T'
-        } else {
-            ' '
-        };
-        let worktree = if s.contains(Status::WT_NEW) {
-            '?'
-        } else if s.contains(Status::WT_MODIFIED) {
-            'M'
-        } else if s.contains(Status::WT_DELETED) {
-            'D'
-        } else if s.contains(Status::WT_RENAMED) {
-            'R'
-        } else if s.contains(Status::WT_TYPECHANGE) {
-            'T'
-        } else if s.contains(Status::CONFLICTED) {
-            'U'
-        } else {
-            ' '
-        };
-        let code = if worktree == '?' && index == ' ' {
-            "??".to_owned()
-        } else {
-            format!("{index}{worktree}")
-        };
+        let code = status_code(s);
         let path = String::from_utf8_lossy(entry.path_bytes()).into_owned();
         changes.push(format!("{code} {path}"));
     }
     Ok(changes)
+}
+
+/// The two letters `git status --short` shows for a file: the index's, then the work tree's.
+fn status_code(s: Status) -> String {
+    let index = first_letter(
+        s,
+        &[
+            (Status::INDEX_NEW, 'A'),
+            (Status::INDEX_MODIFIED, 'M'),
+            (Status::INDEX_DELETED, 'D'),
+            (Status::INDEX_RENAMED, 'R'),
+            (Status::INDEX_TYPECHANGE, 'T'),
+        ],
+    );
+    let worktree = first_letter(
+        s,
+        &[
+            (Status::WT_NEW, '?'),
+            (Status::WT_MODIFIED, 'M'),
+            (Status::WT_DELETED, 'D'),
+            (Status::WT_RENAMED, 'R'),
+            (Status::WT_TYPECHANGE, 'T'),
+            (Status::CONFLICTED, 'U'),
+        ],
+    );
+    if worktree == '?' && index == ' ' {
+        "??".to_owned()
+    } else {
+        format!("{index}{worktree}")
+    }
+}
+
+/// The letter of the first flag in `table` that `s` has, in the table's order; else a space.
+fn first_letter(s: Status, table: &[(Status, char)]) -> char {
+    table
+        .iter()
+        .find(|(flag, _)| s.contains(*flag))
+        .map_or(' ', |(_, letter)| *letter)
 }
 
 pub(super) fn describe_checkout(
@@ -129,4 +135,29 @@ pub(super) fn describe_checkout(
         dirty,
         changes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_letters_are_git_status_short() {
+        for (status, code) in [
+            (Status::WT_NEW, "??"),
+            (Status::WT_NEW | Status::WT_MODIFIED, "??"),
+            (Status::INDEX_NEW, "A "),
+            (Status::INDEX_NEW | Status::INDEX_MODIFIED, "A "),
+            (Status::INDEX_NEW | Status::WT_NEW, "A?"),
+            (Status::INDEX_MODIFIED | Status::WT_MODIFIED, "MM"),
+            (Status::INDEX_DELETED, "D "),
+            (Status::WT_DELETED, " D"),
+            (Status::INDEX_RENAMED | Status::WT_TYPECHANGE, "RT"),
+            (Status::INDEX_TYPECHANGE | Status::WT_RENAMED, "TR"),
+            (Status::CONFLICTED, " U"),
+            (Status::WT_MODIFIED | Status::CONFLICTED, " M"),
+        ] {
+            assert_eq!(status_code(status), code, "{status:?}");
+        }
+    }
 }
