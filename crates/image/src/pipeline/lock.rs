@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::source;
 
 /// One run at a time per state directory: `image.lock` in it.
 pub(super) fn lock_state(state_dir: &Path) -> Result<std::fs::File> {
@@ -29,14 +30,10 @@ fn checkout_lock_path(dir: &Path) -> Result<PathBuf> {
         Ok(real) => real,
         Err(_) => {
             // Not there yet: its parent is made (as the clone would make it) and resolved.
-            let parent = match dir.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            std::fs::create_dir_all(parent).map_err(Error::io("creating", parent))?;
+            let parent = source::make_parent(dir)?;
             let parent = parent
                 .canonicalize()
-                .map_err(Error::io("resolving", parent))?;
+                .map_err(Error::io("resolving", &parent))?;
             match dir.file_name() {
                 Some(name) => parent.join(name),
                 None => parent,

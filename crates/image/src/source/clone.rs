@@ -1,7 +1,7 @@
 //! A fresh clone, made beside the target and moved into place when complete.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use git2::Repository;
 
@@ -18,11 +18,7 @@ pub(super) fn clone(
     events: &Events,
     cancel: &CancellationToken,
 ) -> Result<Checkout> {
-    let parent = match spec.dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(Error::io("creating", &parent))?;
+    let parent = make_parent(&spec.dir)?;
     let name = spec
         .dir
         .file_name()
@@ -57,10 +53,18 @@ pub(super) fn clone(
     describe_checkout(&repo, &spec.dir, Vec::new())
 }
 
+/// Make the directory that holds `dir` (`.` for a bare name), as the clone needs it.
+pub(crate) fn make_parent(dir: &Path) -> Result<PathBuf> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(Error::io("creating", &parent))?;
+    Ok(parent)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
 
     fn spec(url: &Path, dir: &Path) -> SourceSpec {

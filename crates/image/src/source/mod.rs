@@ -23,6 +23,7 @@ pub use url::{check_local_repository, redact_url};
 
 use check_out::check_out;
 use clone::clone;
+pub(crate) use clone::make_parent;
 use fetch::fetch;
 use inspect::{describe_checkout, local_changes};
 
