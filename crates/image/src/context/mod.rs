@@ -315,18 +315,21 @@ mod tests {
 
     const UPSTREAM: &str = "# Copyright\n\nFROM registry.k8s.io/build-image/go-runner:v2.3.1-go1.22.0-bookworm.0\n\nCOPY kubemark /kubemark\n";
 
-    #[test]
-    fn labels_become_one_quoted_instruction() {
+    /// A checkout whose context folder holds `dockerfile`, and a built binary beside it:
+    /// (the checkout, its context folder, the binary).
+    fn checkout(dockerfile: &str, binary: &[u8]) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let ctx = dir.path().join(CONTEXT_DIR);
         std::fs::create_dir_all(&ctx).unwrap();
-        std::fs::write(
-            ctx.join("Dockerfile"),
-            "FROM scratch\nCOPY kubemark /kubemark",
-        )
-        .unwrap();
+        std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
         let bin = dir.path().join("bin");
-        std::fs::write(&bin, "x").unwrap();
+        std::fs::write(&bin, binary).unwrap();
+        (dir, ctx, bin)
+    }
+
+    #[test]
+    fn labels_become_one_quoted_instruction() {
+        let (dir, _, bin) = checkout("FROM scratch\nCOPY kubemark /kubemark", b"x");
         let mut c = Context::prepare(dir.path(), &bin, None).unwrap();
         let labels = std::collections::BTreeMap::from([
             ("a.b".to_owned(), "plain".to_owned()),
@@ -341,14 +344,10 @@ mod tests {
 
     #[test]
     fn tar_holds_dockerfile_files_and_binary() {
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = dir.path().join(CONTEXT_DIR);
+        let (dir, ctx, bin) = checkout(UPSTREAM, &vec![7u8; 3 * CHUNK + 5]);
         std::fs::create_dir_all(ctx.join("sub")).unwrap();
-        std::fs::write(ctx.join("Dockerfile"), UPSTREAM).unwrap();
         std::fs::write(ctx.join("sub/extra"), "x").unwrap();
         std::fs::write(ctx.join("kubemark"), "stale copy").unwrap();
-        let bin = dir.path().join("kubemark-bin");
-        std::fs::write(&bin, vec![7u8; 3 * CHUNK + 5]).unwrap();
 
         let c = Context::prepare(dir.path(), &bin, Some("scratch")).unwrap();
         assert_eq!(c.base, "scratch");
@@ -386,22 +385,8 @@ mod tests {
     #[tokio::test]
     async fn stream_yields_the_same_bytes_in_bounded_chunks() {
         use futures_util::StreamExt;
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = dir.path().join(CONTEXT_DIR);
-        std::fs::create_dir_all(&ctx).unwrap();
-        std::fs::write(
-            ctx.join("Dockerfile"),
-            "FROM scratch\nCOPY kubemark /kubemark\n",
-        )
-        .unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::write(
-            &bin,
-            (0..2_000_000u32)
-                .map(|i| (i % 251) as u8)
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let binary: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (dir, _, bin) = checkout("FROM scratch\nCOPY kubemark /kubemark\n", &binary);
         let c = std::sync::Arc::new(Context::prepare(dir.path(), &bin, None).unwrap());
         let mut expected = Vec::new();
         c.write_tar(&mut expected).unwrap();
