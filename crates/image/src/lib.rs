@@ -6,6 +6,8 @@
 //! depends on kube: the only thing it shares with the cluster side is the
 //! image reference in [`Record`].
 
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod auth;
 pub mod context;
 pub mod engine;
@@ -21,7 +23,7 @@ pub mod source;
 pub use auth::Credentials;
 pub use error::{Error, Result};
 pub use event::{CancellationToken, Event, Events, Stage};
-pub use pipeline::{Outcome, Plan, Prepared, Spec, Status, execute, preflight, run};
+pub use pipeline::{Outcome, Plan, Prepared, SourceAction, Spec, Status, execute, preflight, run};
 pub use record::{Record, Records};
 pub use reference::{ImageRef, RefError};
 pub use source::SourceSpec;

@@ -14,6 +14,11 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::event::{CancellationToken, Event, Events};
 
+mod dockerfile;
+
+use dockerfile::label_instruction;
+pub use dockerfile::{final_from, rewrite_from};
+
 /// Where the kubemark Dockerfile lives in a kubernetes checkout.
 pub const CONTEXT_DIR: &str = "cluster/images/kubemark";
 /// Size of the chunks streamed to the engine.
@@ -111,31 +116,7 @@ impl Context {
     /// (The engine's `labels` parameter adds one build step, and one layer commit,
     /// per label: eight labels made a build eight times slower.)
     pub fn set_labels<'a>(&mut self, labels: impl IntoIterator<Item = (&'a String, &'a String)>) {
-        let quote = |s: &str| {
-            let mut q = String::with_capacity(s.len() + 2);
-            q.push('"');
-            for c in s.chars() {
-                match c {
-                    '"' | '\\' | '$' => {
-                        q.push('\\');
-                        q.push(c);
-                    }
-                    '\n' | '\r' => q.push(' '),
-                    c => q.push(c),
-                }
-            }
-            q.push('"');
-            q
-        };
-        let pairs: Vec<String> = labels
-            .into_iter()
-            .map(|(k, v)| format!("{}={}", quote(k), quote(v)))
-            .collect();
-        self.label_line = if pairs.is_empty() {
-            String::new()
-        } else {
-            format!("LABEL {}\n", pairs.join(" \\\n      "))
-        };
+        self.label_line = label_instruction(labels);
     }
 
     /// The Dockerfile as the engine receives it.
@@ -304,72 +285,6 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<Entry>) -> Result<()> {
     Ok(())
 }
 
-/// The image of the last `FROM` (the final stage), if any.
-pub fn final_from(dockerfile: &str) -> Option<String> {
-    dockerfile
-        .lines()
-        .rev()
-        .find_map(parse_from)
-        .map(|f| f.image.to_owned())
-}
-
-struct From<'a> {
-    image: &'a str,
-    image_start: usize,
-}
-
-fn parse_from(line: &str) -> Option<From<'_>> {
-    let trimmed = line.trim_start();
-    let indent = line.len() - trimmed.len();
-    let keyword = trimmed.get(..4)?;
-    if !keyword.eq_ignore_ascii_case("from") || !trimmed[4..].starts_with([' ', '\t']) {
-        return None;
-    }
-    let mut offset = indent + 4;
-    for word in line[offset..].split_whitespace() {
-        let start = offset + line[offset..].find(word)?;
-        offset = start + word.len();
-        if word.starts_with("--") {
-            continue;
-        }
-        return Some(From {
-            image: word,
-            image_start: start,
-        });
-    }
-    None
-}
-
-/// Replace the final stage's base image with `image`, keeping flags and `AS name`.
-pub fn rewrite_from(dockerfile: &str, image: &str) -> Result<(String, String)> {
-    if image != "scratch" {
-        crate::reference::ImageRef::parse(image).map_err(|e| Error::BaseImage {
-            reason: e.to_string(),
-        })?;
-    }
-    let last = dockerfile
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| parse_from(l).is_some())
-        .map(|(i, _)| i)
-        .max()
-        .ok_or_else(|| Error::BaseImage {
-            reason: "the Dockerfile has no FROM line to rewrite".into(),
-        })?;
-    let mut out = String::with_capacity(dockerfile.len() + image.len());
-    for (i, line) in dockerfile.split_inclusive('\n').enumerate() {
-        match parse_from(line).filter(|_| i == last) {
-            Some(from) => {
-                out.push_str(&line[..from.image_start]);
-                out.push_str(image);
-                out.push_str(&line[from.image_start + from.image.len()..]);
-            }
-            None => out.push_str(line),
-        }
-    }
-    Ok((out, image.to_owned()))
-}
-
 pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).map_err(Error::io("reading", path))?;
     let mut hasher = Sha256::new();
@@ -400,39 +315,21 @@ mod tests {
 
     const UPSTREAM: &str = "# Copyright\n\nFROM registry.k8s.io/build-image/go-runner:v2.3.1-go1.22.0-bookworm.0\n\nCOPY kubemark /kubemark\n";
 
-    #[test]
-    fn rewrites_only_the_final_from() {
-        let (out, base) = rewrite_from(UPSTREAM, "127.0.0.1:5000/base:1").unwrap();
-        assert_eq!(base, "127.0.0.1:5000/base:1");
-        assert_eq!(
-            out,
-            UPSTREAM.replace(
-                "registry.k8s.io/build-image/go-runner:v2.3.1-go1.22.0-bookworm.0",
-                "127.0.0.1:5000/base:1"
-            )
-        );
-
-        let multi = "FROM golang AS build\nRUN make\nfrom --platform=linux/amd64 debian:12 as final\nCOPY --from=build /x /x\n";
-        let (out, _) = rewrite_from(multi, "scratch").unwrap();
-        assert_eq!(
-            out,
-            "FROM golang AS build\nRUN make\nfrom --platform=linux/amd64 scratch as final\nCOPY --from=build /x /x\n"
-        );
-        assert_eq!(final_from(multi).as_deref(), Some("debian:12"));
+    /// A checkout whose context folder holds `dockerfile`, and a built binary beside it:
+    /// (the checkout, its context folder, the binary).
+    fn checkout(dockerfile: &str, binary: &[u8]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join(CONTEXT_DIR);
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::write(&bin, binary).unwrap();
+        (dir, ctx, bin)
     }
 
     #[test]
     fn labels_become_one_quoted_instruction() {
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = dir.path().join(CONTEXT_DIR);
-        std::fs::create_dir_all(&ctx).unwrap();
-        std::fs::write(
-            ctx.join("Dockerfile"),
-            "FROM scratch\nCOPY kubemark /kubemark",
-        )
-        .unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::write(&bin, "x").unwrap();
+        let (dir, _, bin) = checkout("FROM scratch\nCOPY kubemark /kubemark", b"x");
         let mut c = Context::prepare(dir.path(), &bin, None).unwrap();
         let labels = std::collections::BTreeMap::from([
             ("a.b".to_owned(), "plain".to_owned()),
@@ -446,28 +343,11 @@ mod tests {
     }
 
     #[test]
-    fn rewrite_refuses_what_it_cannot_do() {
-        assert!(matches!(
-            rewrite_from("COPY a b\n", "scratch"),
-            Err(Error::BaseImage { .. })
-        ));
-        assert!(matches!(
-            rewrite_from(UPSTREAM, "Not A Ref"),
-            Err(Error::BaseImage { .. })
-        ));
-        assert_eq!(final_from("FROMX y\n"), None);
-    }
-
-    #[test]
     fn tar_holds_dockerfile_files_and_binary() {
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = dir.path().join(CONTEXT_DIR);
+        let (dir, ctx, bin) = checkout(UPSTREAM, &vec![7u8; 3 * CHUNK + 5]);
         std::fs::create_dir_all(ctx.join("sub")).unwrap();
-        std::fs::write(ctx.join("Dockerfile"), UPSTREAM).unwrap();
         std::fs::write(ctx.join("sub/extra"), "x").unwrap();
         std::fs::write(ctx.join("kubemark"), "stale copy").unwrap();
-        let bin = dir.path().join("kubemark-bin");
-        std::fs::write(&bin, vec![7u8; 3 * CHUNK + 5]).unwrap();
 
         let c = Context::prepare(dir.path(), &bin, Some("scratch")).unwrap();
         assert_eq!(c.base, "scratch");
@@ -505,22 +385,8 @@ mod tests {
     #[tokio::test]
     async fn stream_yields_the_same_bytes_in_bounded_chunks() {
         use futures_util::StreamExt;
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = dir.path().join(CONTEXT_DIR);
-        std::fs::create_dir_all(&ctx).unwrap();
-        std::fs::write(
-            ctx.join("Dockerfile"),
-            "FROM scratch\nCOPY kubemark /kubemark\n",
-        )
-        .unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::write(
-            &bin,
-            (0..2_000_000u32)
-                .map(|i| (i % 251) as u8)
-                .collect::<Vec<_>>(),
-        )
-        .unwrap();
+        let binary: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (dir, _, bin) = checkout("FROM scratch\nCOPY kubemark /kubemark\n", &binary);
         let c = std::sync::Arc::new(Context::prepare(dir.path(), &bin, None).unwrap());
         let mut expected = Vec::new();
         c.write_tar(&mut expected).unwrap();

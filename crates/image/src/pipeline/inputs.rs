@@ -1,0 +1,66 @@
+//! What goes into the image: its labels, and a fingerprint of every input.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use super::DIRTY_LABEL;
+use crate::context::{self, Context};
+use crate::reference::ImageRef;
+use crate::source::{self, Checkout};
+
+/// The image's labels, all but the fingerprint: what it is, where from, built how.
+pub(super) fn labels(
+    url: &str,
+    checkout: &Checkout,
+    context: &Context,
+) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    labels.insert(
+        "org.opencontainers.image.title".to_owned(),
+        "kubemark".to_owned(),
+    );
+    labels.insert(
+        "org.opencontainers.image.source".to_owned(),
+        source::redact_url(url),
+    );
+    labels.insert(
+        "org.opencontainers.image.revision".to_owned(),
+        checkout.commit.clone(),
+    );
+    labels.insert(
+        "org.opencontainers.image.version".to_owned(),
+        checkout.version.clone(),
+    );
+    labels.insert(
+        "org.opencontainers.image.base.name".to_owned(),
+        context.base.clone(),
+    );
+    labels.insert(DIRTY_LABEL.to_owned(), checkout.dirty.to_string());
+    labels.insert(
+        "dev.kubemark.binary.sha256".to_owned(),
+        context.binary_sha256.clone(),
+    );
+    labels
+}
+
+/// A digest of everything that goes into the image: same fingerprint, same image.
+pub(super) fn fingerprint(
+    image: &ImageRef,
+    context: &Context,
+    base_id: &str,
+    labels: &BTreeMap<String, String>,
+    platform: Option<&str>,
+) -> String {
+    let mut h = Sha256::new();
+    h.update(b"kubemark-image-inputs v1\n");
+    h.update(format!(
+        "ref {image}\ncontext {}\nbase {base_id}\nplatform {}\n",
+        context.digest,
+        platform.unwrap_or("")
+    ));
+    for (k, v) in labels {
+        h.update(format!("label {k}={v}\n"));
+    }
+    format!("sha256:{}", context::hex(&h.finalize()))
+}

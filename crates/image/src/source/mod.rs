@@ -1,0 +1,126 @@
+//! The kubernetes checkout, through git2: inspect it, resolve the ref asked for
+//! on the remote, then clone (when absent) or fetch that one ref shallowly and
+//! check it out detached. Local changes are never overwritten.
+
+mod callbacks;
+mod check_out;
+mod clone;
+mod fetch;
+mod inspect;
+mod resolve;
+mod url;
+
+use std::path::PathBuf;
+
+use git2::{Oid, Repository};
+
+use crate::error::{Error, Result};
+use crate::event::{CancellationToken, Events, Say};
+
+pub use inspect::inspect;
+pub use resolve::resolve;
+pub use url::{check_local_repository, redact_url};
+
+use check_out::check_out;
+use clone::clone;
+pub(crate) use clone::make_parent;
+use fetch::fetch;
+use inspect::{describe_checkout, local_changes};
+
+/// What the user asked of the source.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// Remote URL or local path of the kubernetes repository.
+    pub url: String,
+    /// Branch, tag or full commit id; `None` means the remote's HEAD.
+    pub git_ref: Option<String>,
+    /// Where the checkout lives.
+    pub dir: PathBuf,
+    /// History depth to fetch; 0 fetches everything.
+    pub depth: u32,
+    /// Fetch and check out `git_ref`; when false, build what is checked out.
+    pub update: bool,
+    /// Build a checkout that has local changes (as is, without updating it).
+    pub allow_dirty: bool,
+}
+
+/// The state of the checkout directory, read without changing anything.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Local {
+    Absent,
+    Checkout {
+        head: Option<Oid>,
+        /// `git status --short` lines of modified and untracked files (ignored ones aside).
+        changes: Vec<String>,
+    },
+}
+
+/// A ref as the remote advertises it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Resolved {
+    /// What the user asked for, or `HEAD`.
+    pub asked: String,
+    /// The full ref name (`refs/heads/master`, `refs/tags/v1.32.0`); `None` for a commit id.
+    pub refname: Option<String>,
+    /// The commit, when the remote advertised it (always for branches and tags).
+    pub commit: Option<String>,
+}
+
+/// The outcome of the source stage.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Checkout {
+    pub dir: PathBuf,
+    pub commit: String,
+    /// `git describe --tags` of the commit, or its short id when no tag is reachable.
+    pub version: String,
+    pub dirty: bool,
+    pub changes: Vec<String>,
+}
+
+/// Bring the checkout to the resolved commit: clone when absent, fetch and check out when
+/// present and clean. A dirty checkout is refused unless `allow_dirty`, and then built as is.
+pub fn sync(
+    spec: &SourceSpec,
+    local: &Local,
+    resolved: Option<&Resolved>,
+    events: &Events,
+    cancel: &CancellationToken,
+) -> Result<Checkout> {
+    // libgit2 re-hashes every object it reads unless told not to; the pack was
+    // already verified while indexing, so checkout need not pay for it again.
+    git2::opts::strict_hash_verification(false);
+    match local {
+        Local::Absent => {
+            if !spec.update {
+                return Err(Error::NoCheckout {
+                    dir: spec.dir.clone(),
+                });
+            }
+            let resolved = resolved
+                .ok_or_else(|| Error::Usage("internal: clone without a resolved ref".into()))?;
+            clone(spec, resolved, events, cancel)
+        }
+        Local::Checkout { changes, .. } if !changes.is_empty() => {
+            if !spec.allow_dirty {
+                return Err(Error::Dirty {
+                    dir: spec.dir.clone(),
+                    changes: changes.clone(),
+                });
+            }
+            events.warn(format!(
+                "building the checkout as it is, with {} local change(s); the image is marked dirty and the checkout was not updated",
+                changes.len()
+            ));
+            let repo = Repository::open(&spec.dir).map_err(Error::git("opening the checkout"))?;
+            describe_checkout(&repo, &spec.dir, changes.clone())
+        }
+        Local::Checkout { .. } => {
+            let repo = Repository::open(&spec.dir).map_err(Error::git("opening the checkout"))?;
+            if let Some(resolved) = resolved.filter(|_| spec.update) {
+                let commit = fetch(&repo, spec, resolved, events, cancel)?;
+                check_out(&repo, commit, events, cancel)?;
+            }
+            describe_checkout(&repo, &spec.dir, local_changes(&repo)?)
+        }
+    }
+}
