@@ -10,45 +10,10 @@ use serde_json::Value;
 use crate::proto;
 use crate::store::ApiError;
 
-/// `a=b&c=d%20e` → map.
+/// `a=b&c=d%20e` → map (`application/x-www-form-urlencoded`: `+` is a space,
+/// a `%` that starts no escape stays as it is; the last of a repeated key wins).
 pub(super) fn parse_query(q: &str) -> HashMap<String, String> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 3;
-                }
-                _ => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
 }
 
 /// The request, read in full (bodies are small: objects, patches, options).
@@ -116,6 +81,8 @@ mod tests {
         assert_eq!(q["labelSelector"], "name=hollow-node");
         assert_eq!(q["limit"], "500");
         assert_eq!(q["fieldSelector"], "metadata.name=n1 x");
-        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(parse_query("p=100%")["p"], "100%");
+        assert_eq!(parse_query("p=%zz&&q")["p"], "%zz");
+        assert_eq!(parse_query("q")["q"], "");
     }
 }
