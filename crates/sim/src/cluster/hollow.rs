@@ -191,16 +191,8 @@ impl Client {
 
 /// klog's line prefix: `E1125 22:37:36.000000       1 file.go:1] `.
 fn klog(level: char, file: &str, message: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let ts = meta::rfc3339(now.as_secs() as i64);
-    // 2026-11-25T22:37:36Z → 1125 22:37:36
-    let stamp = format!("{}{} {}", &ts[5..7], &ts[8..10], &ts[11..19]);
-    format!(
-        "{level}{stamp}.{:06}       1 {file}] {message}",
-        now.subsec_micros()
-    )
+    let stamp = jiff::Timestamp::now().strftime("%m%d %H:%M:%S%.6f");
+    format!("{level}{stamp}       1 {file}] {message}")
 }
 
 /// The container's arguments (command then args) with `$(VAR)` expanded from its env.
@@ -470,14 +462,6 @@ fn image_version(container: &Value, fallback: &str) -> String {
     }
 }
 
-fn micro_time() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let ts = meta::rfc3339(now.as_secs() as i64);
-    format!("{}.{:06}Z", ts.trim_end_matches('Z'), now.subsec_micros())
-}
-
 impl HollowKubelet {
     async fn run(self, shared: &Arc<Shared>) -> String {
         let HollowKubelet {
@@ -593,7 +577,7 @@ impl HollowKubelet {
             "kind": "Lease",
             "metadata": {"name": node, "namespace": "kube-node-lease",
                          "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}]},
-            "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": micro_time()},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": meta::now_rfc3339_micros()},
         });
         if let Err(e) = client
             .call_retrying(
@@ -614,7 +598,7 @@ impl HollowKubelet {
         loop {
             tokio::select! {
                 _ = renew.tick() => {
-                    let patch = json!({"spec": {"holderIdentity": node, "renewTime": micro_time()}});
+                    let patch = json!({"spec": {"holderIdentity": node, "renewTime": meta::now_rfc3339_micros()}});
                     match client.call_retrying(reqwest::Method::PATCH, &lease_path, "application/merge-patch+json", Some(&patch)).await {
                         Err(CallError::Fatal(why)) => {
                             return klog('F', "kubelet.go:1567", &format!("\"Failed to renew lease\" err=\"{why}\" node=\"{node}\""));
