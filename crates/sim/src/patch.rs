@@ -129,111 +129,39 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) {
     }
 }
 
-/// RFC 6902 JSON patch.
+/// RFC 6902 JSON patch. A body that is not a patch is a 400, an operation
+/// that does not apply a 422 (as kube-apiserver answers them); the target is
+/// left as it was when an operation fails.
 pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), ApiError> {
-    let Value::Array(ops) = ops else {
+    if !ops.is_array() {
         return Err(ApiError::bad_request(
             "a JSON patch is an array of operations",
         ));
-    };
-    for op in ops {
-        let kind = op.get("op").and_then(Value::as_str).unwrap_or_default();
-        let path = op.get("path").and_then(Value::as_str).unwrap_or_default();
-        let value = op.get("value").cloned();
-        match kind {
-            "add" | "replace" => {
-                let v =
-                    value.ok_or_else(|| ApiError::bad_request(format!("{kind} needs a value")))?;
-                set_pointer(target, path, v, kind == "add")?;
-            }
-            "remove" => {
-                remove_pointer(target, path)?;
-            }
-            "test" => {
-                if target.pointer(path) != value.as_ref() {
-                    return Err(ApiError::new(
-                        422,
-                        "Invalid",
-                        format!("the test of {path} failed"),
-                    ));
-                }
-            }
-            "copy" | "move" => {
-                let from = op.get("from").and_then(Value::as_str).unwrap_or_default();
-                let v = target.pointer(from).cloned().ok_or_else(|| {
-                    ApiError::new(422, "Invalid", format!("{from} does not exist"))
-                })?;
-                if kind == "move" {
-                    remove_pointer(target, from)?;
-                }
-                set_pointer(target, path, v, true)?;
-            }
-            other => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown JSON patch operation `{other}`"
-                )));
-            }
-        }
     }
-    Ok(())
-}
-
-fn unescape(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
-}
-
-fn split_pointer(path: &str) -> Result<(String, String), ApiError> {
-    let (parent, last) = path
-        .rsplit_once('/')
-        .ok_or_else(|| ApiError::bad_request(format!("bad JSON pointer `{path}`")))?;
-    Ok((parent.to_owned(), unescape(last)))
-}
-
-fn set_pointer(target: &mut Value, path: &str, v: Value, insert: bool) -> Result<(), ApiError> {
-    let (parent, last) = split_pointer(path)?;
-    let missing = || {
-        ApiError::new(
-            422,
-            "Invalid",
-            format!("the parent of {path} does not exist"),
-        )
-    };
-    match target.pointer_mut(&parent).ok_or_else(missing)? {
-        Value::Object(m) => {
-            m.insert(last, v);
-        }
-        Value::Array(a) if last == "-" => a.push(v),
-        Value::Array(a) => {
-            let i: usize = last.parse().map_err(|_| missing())?;
-            if insert && i <= a.len() {
-                a.insert(i, v);
-            } else if i < a.len() {
-                a[i] = v;
-            } else {
-                return Err(missing());
+    let patch: json_patch::Patch = serde_json::from_value(ops.clone())
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+    json_patch::patch(target, &patch).map_err(|e| {
+        use json_patch::{PatchErrorKind, PatchOperation};
+        let path = e.path.as_str();
+        let message = match (patch.0.get(e.operation), &e.kind) {
+            (Some(PatchOperation::Test(_)), _) | (_, PatchErrorKind::TestFailed) => {
+                format!("the test of {path} failed")
             }
-        }
-        _ => return Err(missing()),
-    }
-    Ok(())
-}
-
-fn remove_pointer(target: &mut Value, path: &str) -> Result<(), ApiError> {
-    let (parent, last) = split_pointer(path)?;
-    let missing = || ApiError::new(422, "Invalid", format!("{path} does not exist"));
-    match target.pointer_mut(&parent).ok_or_else(missing)? {
-        Value::Object(m) => m.remove(&last).map(drop).ok_or_else(missing),
-        Value::Array(a) => {
-            let i: usize = last.parse().map_err(|_| missing())?;
-            if i < a.len() {
-                a.remove(i);
-                Ok(())
-            } else {
-                Err(missing())
+            (Some(PatchOperation::Move(op)), PatchErrorKind::InvalidFromPointer) => {
+                format!("{} does not exist", op.from)
             }
-        }
-        _ => Err(missing()),
-    }
+            (Some(PatchOperation::Copy(op)), PatchErrorKind::InvalidFromPointer) => {
+                format!("{} does not exist", op.from)
+            }
+            (
+                Some(PatchOperation::Add(_) | PatchOperation::Move(_) | PatchOperation::Copy(_)),
+                PatchErrorKind::InvalidPointer,
+            ) => format!("the parent of {path} does not exist"),
+            (_, PatchErrorKind::InvalidPointer) => format!("{path} does not exist"),
+            _ => e.to_string(),
+        };
+        ApiError::new(422, "Invalid", message)
+    })
 }
 
 // ---- server-side apply ----
@@ -693,6 +621,37 @@ mod tests {
                 &json!([{"op": "test", "path": "/spec/replicas", "value": 4}])
             )
             .is_err()
+        );
+        // A failed operation leaves the target as it was; the codes are the API server's.
+        let before = v.clone();
+        let e = json_patch(
+            &mut v,
+            &json!([
+                {"op": "replace", "path": "/spec/replicas", "value": 5},
+                {"op": "remove", "path": "/spec/missing"}
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (422, "/spec/missing does not exist")
+        );
+        assert_eq!(v, before);
+        let e =
+            json_patch(&mut v, &json!([{"op": "add", "path": "/a/b", "value": 1}])).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (422, "the parent of /a/b does not exist")
+        );
+        assert_eq!(
+            json_patch(&mut v, &json!({"op": "add"})).unwrap_err().code,
+            400
+        );
+        assert_eq!(
+            json_patch(&mut v, &json!([{"op": "frob", "path": "/a"}]))
+                .unwrap_err()
+                .code,
+            400
         );
     }
 
