@@ -9,6 +9,10 @@
 //! (where hollow nodes register). Test and demo infrastructure: the product's
 //! libraries never depend on it. What it does not model: `README.md`.
 
+// Libraries never print: what the simulator has to say goes through `tracing`
+// or back to the caller.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod cluster;
 mod discovery;
 pub mod faults;
