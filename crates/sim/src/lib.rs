@@ -9,6 +9,10 @@
 //! (where hollow nodes register). Test and demo infrastructure: the product's
 //! libraries never depend on it. What it does not model: `README.md`.
 
+// Libraries never print: what the simulator has to say goes through `tracing`
+// or back to the caller.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 pub mod cluster;
 mod discovery;
 pub mod faults;
@@ -277,17 +281,8 @@ pub struct Sim {
     pub kubeconfig: PathBuf,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
-    _tempdir: Option<TempDir>,
-}
-
-/// A directory removed on drop.
-#[derive(Debug)]
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    /// The private directory of the kubeconfig when none was given, removed on drop.
+    _tempdir: Option<tempfile::TempDir>,
 }
 
 fn random_token() -> String {
@@ -333,12 +328,14 @@ impl Sim {
         let (dir, tempdir) = match &cfg.kubeconfig_dir {
             Some(d) => (d.clone(), None),
             None => {
-                let d = std::env::temp_dir().join(format!(
-                    "kubemark-sim-{}-{}",
-                    std::process::id(),
-                    random_token()
-                ));
-                (d.clone(), Some(TempDir(d)))
+                let t = tempfile::Builder::new()
+                    .prefix("kubemark-sim-")
+                    .tempdir()
+                    .map_err(|source| SimError::Kubeconfig {
+                        path: std::env::temp_dir(),
+                        source,
+                    })?;
+                (t.path().to_owned(), Some(t))
             }
         };
         let kubeconfig = dir.join(format!("{}.kubeconfig", cfg.name));
@@ -452,4 +449,24 @@ pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)?;
     file.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_private_kubeconfig_directory_goes_with_the_sim() {
+        let sim = Sim::start(SimConfig {
+            workers: 0,
+            tls: false,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let dir = sim.kubeconfig.parent().unwrap().to_owned();
+        assert!(sim.kubeconfig.is_file());
+        drop(sim);
+        assert!(!dir.exists(), "{}", dir.display());
+    }
 }

@@ -124,62 +124,28 @@ pub fn find(group: &str, version: &str, plural: &str) -> Option<usize> {
 
 /// Seconds since the epoch, now.
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    jiff::Timestamp::now().as_second()
 }
 
 /// `2026-11-25T22:37:36Z` for a Unix time.
 pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or_default()
+        .to_string()
 }
 
 pub fn now_rfc3339() -> String {
     rfc3339(now_secs())
 }
 
-/// Howard Hinnant's days-to-civil.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// Now as a `MicroTime` writes it: `2026-11-25T22:37:36.123456Z`.
+pub fn now_rfc3339_micros() -> String {
+    format!("{:.6}", jiff::Timestamp::now())
 }
 
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Parse `2026-11-25T22:37:36Z` (fractions and offsets other than Z are not written by us).
+/// The Unix time of an RFC 3339 timestamp (fractions are dropped).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    Some(days_from_civil(y, mo as u32, d as u32) * 86_400 + h * 3600 + mi * 60 + se)
+    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
 }
 
 /// kubectl's (apimachinery's) `HumanDuration`.
@@ -364,6 +330,13 @@ mod tests {
                 .as_deref(),
             Some("2024-02-29T12:00:00Z")
         );
+        assert_eq!(
+            parse_rfc3339("2026-11-18T11:06:40.123456Z"),
+            Some(1_795_000_000)
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        let micros = now_rfc3339_micros();
+        assert_eq!((micros.len(), &micros[19..20]), (27, "."), "{micros}");
     }
 
     #[test]

@@ -41,9 +41,7 @@ pub fn record(
     let name = format!(
         "{}.{:x}",
         meta::name(involved),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
+        jiff::Timestamp::now().as_nanosecond()
     );
     let mut source = json!({"component": component});
     if let Some(host) = host {

@@ -80,9 +80,7 @@ async fn stats(shared: Arc<Shared>) {
                     && ready(&c.obj.value)
                     && !c.old.as_ref().is_some_and(|o| ready(&o.value)) =>
             {
-                let ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let ms = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
                 shared
                     .stats
                     .last_node_ready_ms
