@@ -288,31 +288,10 @@ pub fn uid(rng: &mut crate::faults::Rng) -> String {
     )
 }
 
-/// Parse a Kubernetes quantity (`100m`, `1Gi`, `50M`, `2`) into milli-units.
+/// A Kubernetes quantity (`100m`, `1Gi`, `50M`, `2`) in milli-units, by the
+/// one parser the tool uses everywhere (`kubemark_contract::Quantity`).
 pub fn quantity_milli(q: &str) -> Option<i128> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(q.len());
-    let (number, suffix) = q.split_at(split);
-    let base: f64 = number.parse().ok()?;
-    let factor: f64 = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        _ if suffix.starts_with(['e', 'E']) => 10f64.powi(suffix[1..].parse().ok()?),
-        _ => return None,
-    };
-    Some((base * factor * 1000.0).round() as i128)
+    kubemark_contract::Quantity::parse(q).ok().map(|q| q.milli())
 }
 
 #[cfg(test)]
