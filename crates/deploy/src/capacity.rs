@@ -11,8 +11,8 @@ use kube::api::{Api, ListParams};
 use kubemark_contract::Quantity;
 
 use crate::error::{Error, Result, Side};
-use crate::kubeconfig::Cluster;
-use crate::plan::{Plan, Spec};
+use crate::kubeconfig::{Cluster, PodKubeconfig};
+use crate::plan::{MAX_REPLICAS, Plan, Spec};
 
 /// One pod's requests as the scheduler counts them: containers summed, each
 /// init container by the max rule.
@@ -104,6 +104,12 @@ pub async fn capacity(
     spec: &Spec,
     plan: &Plan,
 ) -> Result<(u64, Vec<String>, u64)> {
+    let (nodes, pods) = list(external).await?;
+    Ok(room(&nodes, &pods, spec, plan))
+}
+
+/// The external cluster's nodes and the pods that hold room on them.
+async fn list(external: &Cluster) -> Result<(Vec<Node>, Vec<Pod>)> {
     let nodes: Api<Node> = Api::all(external.client.clone());
     let pods: Api<Pod> = Api::all(external.client.clone());
     let all = ListParams::default();
@@ -114,7 +120,46 @@ pub async fn capacity(
     let pod_list = crate::retry::call(|| pods.list(&running))
         .await
         .map_err(Error::api(Side::External, "listing pods"))?;
-    Ok(room(&node_list.items, &pod_list.items, spec, plan))
+    Ok((node_list.items, pod_list.items))
+}
+
+/// `--replicas max`: the most hollow nodes the external cluster holds (those
+/// of ours already placed included), and the numbers behind it. A pod's
+/// requests grow with the node count (the proxy's memory, its CPU above
+/// 1,000 nodes), so the count is the largest N whose N pods fit, found by
+/// bisection over one reading of the cluster.
+pub async fn most(
+    external: &Cluster,
+    spec: &Spec,
+    master: &PodKubeconfig,
+) -> Result<(u32, Vec<String>)> {
+    let (nodes, pods) = list(external).await?;
+    let at = |n: u32| -> Result<(u64, Vec<String>, u64)> {
+        let spec = Spec {
+            replicas: n,
+            ..spec.clone()
+        };
+        let plan = crate::plan::build(&spec, master)?;
+        Ok(room(&nodes, &pods, &spec, &plan))
+    };
+    // Requests are smallest for one node: no more than this many fit.
+    let (fits, _, ours) = at(1)?;
+    let mut hi = u32::try_from(ours.saturating_add(fits))
+        .unwrap_or(MAX_REPLICAS)
+        .min(MAX_REPLICAS);
+    let mut lo = 0u32;
+    // ours + fits(n) - n decreases with n: the last n where it is >= 0.
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        let (fits, _, ours) = at(mid)?;
+        if ours.saturating_add(fits) >= u64::from(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    let (_, details, _) = at(lo.max(1))?;
+    Ok((lo, details))
 }
 
 /// [`capacity`] on lists already read.

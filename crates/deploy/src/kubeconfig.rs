@@ -30,6 +30,8 @@ pub struct Cluster {
     pub client: kube::Client,
     pub server: String,
     pub context: String,
+    /// The kubeconfig file it was read from.
+    pub kubeconfig: PathBuf,
     /// The kubeconfig turns TLS verification off.
     pub insecure: bool,
 }
@@ -170,6 +172,7 @@ pub async fn connect(side: Side, source: &Source) -> Result<Cluster> {
         client,
         server,
         context,
+        kubeconfig: path,
         insecure,
     })
 }
@@ -196,7 +199,7 @@ impl std::fmt::Debug for PodKubeconfig {
 }
 
 /// The host of a server URL (`https://10.0.0.1:6443` → `10.0.0.1`).
-fn host_of(server: &str) -> String {
+pub fn host_of(server: &str) -> String {
     let rest = server.split("://").nth(1).unwrap_or(server);
     let authority = rest.split('/').next().unwrap_or(rest);
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);

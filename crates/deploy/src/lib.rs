@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod capacity;
+pub mod clusterloader2;
 pub mod destroy;
 pub mod diagnose;
 pub mod error;
@@ -46,6 +47,8 @@ pub struct Outcome {
     pub findings: preflight::Findings,
     /// `None` with `--no-wait`.
     pub summary: Option<wait::Summary>,
+    /// What clusterloader2 needs to run against the cluster (after a wait).
+    pub clusterloader2: Option<clusterloader2::Clusterloader2>,
 }
 
 /// The plan, with the master kubeconfig prepared for pods; touches no cluster.
@@ -53,6 +56,29 @@ pub fn render(spec: &Spec) -> Result<(Plan, kubeconfig::PodKubeconfig)> {
     let pod_kubeconfig = kubeconfig::for_pods(&spec.master, spec.allow_loopback_master)?;
     let plan = plan::build(spec, &pod_kubeconfig)?;
     Ok((plan, pod_kubeconfig))
+}
+
+/// `--replicas max`: how many hollow nodes fit on the external cluster now,
+/// from its allocatable and the pod's requests (said as a note). None fitting
+/// is the capacity error, with the numbers.
+pub async fn most_that_fit(spec: &Spec, events: &Events) -> Result<u32> {
+    let pod_kubeconfig = kubeconfig::for_pods(&spec.master, spec.allow_loopback_master)?;
+    let external = kubeconfig::connect(Side::External, &spec.external).await?;
+    let (n, details) = capacity::most(&external, spec, &pod_kubeconfig).await?;
+    if n == 0 {
+        return Err(Error::Capacity {
+            needed: 1,
+            fits: 0,
+            details,
+        });
+    }
+    events.note(format!(
+        "{n} hollow nodes fit on the external cluster (--replicas max): deploying {n}"
+    ));
+    for line in details {
+        events.note(format!("  {line}"));
+    }
+    Ok(n)
 }
 
 /// Both clusters' clients.
@@ -146,6 +172,16 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &CancellationToken) ->
     } else {
         None
     };
+    let clusterloader2 = match &summary {
+        Some(s) => {
+            let cl2 = clusterloader2::flags(&external, &master, &spec.namespace, s.wanted).await?;
+            for warning in cl2.warnings() {
+                events.warn(warning);
+            }
+            Some(cl2)
+        }
+        None => None,
+    };
     Ok(Outcome {
         namespace: spec.namespace.clone(),
         replicas: spec.replicas,
@@ -153,5 +189,6 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &CancellationToken) ->
         template: plan.template_name,
         findings,
         summary,
+        clusterloader2,
     })
 }

@@ -308,6 +308,44 @@ async fn admission(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events
     }
 }
 
+/// How many schedulable, untainted nodes clusterloader2 will see on the
+/// master once the hollow nodes are Ready, hollow or not: said as a note, and
+/// a warning when it is not the hollow nodes alone.
+async fn clusterloader2_view(spec: &Spec, master: &Cluster, events: &Events) {
+    let (_, others) = match crate::clusterloader2::schedulable_nodes(master, &spec.namespace).await
+    {
+        Ok(found) => found,
+        Err(e) => {
+            events.note(format!(
+                "clusterloader2's view of the master not checked: {e}"
+            ));
+            return;
+        }
+    };
+    let tainted = spec.register_with_taints.as_deref().is_some_and(|t| {
+        t.split(',')
+            .any(|t| t.ends_with(":NoSchedule") || t.ends_with(":NoExecute"))
+    });
+    let hollow = if tainted { 0 } else { spec.replicas as usize };
+    events.note(format!(
+        "clusterloader2 will see {} schedulable node(s) on the master: {hollow} hollow, {} other",
+        hollow + others.len(),
+        others.len()
+    ));
+    if tainted && spec.replicas > 0 {
+        events.warn("the hollow nodes register with a NoSchedule/NoExecute taint (--register-with-taints): clusterloader2 counts none of them as schedulable, and its test pods need a toleration".to_owned());
+    }
+    if !others.is_empty() {
+        let names: Vec<&str> = others.iter().take(5).map(String::as_str).collect();
+        events.warn(format!(
+            "the master already has {} schedulable node(s) that are not hollow ({}{}): clusterloader2 counts them and may place test pods there",
+            others.len(),
+            names.join(", "),
+            if others.len() > 5 { ", ..." } else { "" }
+        ));
+    }
+}
+
 /// Every check; errors before anything was written.
 pub async fn run(
     spec: &Spec,
@@ -370,6 +408,7 @@ pub async fn run(
         events,
     )
     .await?;
+    clusterloader2_view(spec, master, events).await;
     for name in &plan.foreign_configmaps {
         events.warn(format!(
             "the template mounts the configmap `{name}`, which deploy does not create"

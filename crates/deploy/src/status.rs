@@ -34,6 +34,8 @@ pub struct Status {
     pub ready: usize,
     pub diagnosis: Vec<String>,
     pub rows: Vec<Row>,
+    /// What clusterloader2 needs to run against the cluster as it is now.
+    pub clusterloader2: crate::clusterloader2::Clusterloader2,
 }
 
 /// Hollow-node ReplicationControllers: their pods run `--morph=kubelet`.
@@ -122,6 +124,8 @@ pub async fn status(external: &Cluster, master: &Cluster, namespace: &str) -> Re
     if orphans > 0 {
         diagnosis.push(format!("{orphans} hollow node(s) on the master have no pod (left from earlier runs; destroy removes them)"));
     }
+    let clusterloader2 = crate::clusterloader2::flags(external, master, namespace, ready).await?;
+    diagnosis.extend(clusterloader2.warnings());
     Ok(Status {
         namespace: namespace.to_owned(),
         wanted,
@@ -130,5 +134,6 @@ pub async fn status(external: &Cluster, master: &Cluster, namespace: &str) -> Re
         ready,
         diagnosis,
         rows,
+        clusterloader2,
     })
 }

@@ -27,6 +27,11 @@ struct Clusters {
 
 impl Clusters {
     async fn start() -> Self {
+        Self::with_master_workers(0).await
+    }
+
+    /// A master that also has `workers` ordinary, schedulable nodes.
+    async fn with_master_workers(workers: usize) -> Self {
         let external = Sim::start(SimConfig {
             name: "external".into(),
             workers: 2,
@@ -36,7 +41,7 @@ impl Clusters {
         .unwrap();
         let master = Sim::start(SimConfig {
             name: "master".into(),
-            workers: 0,
+            workers,
             version: "v1.33.2".into(),
             ..SimConfig::default()
         })
@@ -135,6 +140,27 @@ async fn deploy_again_scale_down_and_destroy_as_the_user_reads_it() {
         .unwrap();
     let summary = outcome.summary.unwrap();
     assert_eq!((summary.wanted, summary.stale_nodes_deleted), (3, 0));
+    // What clusterloader2 takes: the master's kubeconfig, the external one as
+    // ROOT_KUBECONFIG, the Ready hollow nodes, the master's address.
+    let cl2 = outcome.clusterloader2.unwrap();
+    assert_eq!((cl2.nodes, cl2.schedulable_nodes), (3, 3));
+    assert_eq!(
+        cl2.args,
+        vec![
+            "--provider=kubemark".to_owned(),
+            format!(
+                "--kubeconfig={}",
+                c.master.kubeconfig.canonicalize().unwrap().display()
+            ),
+            format!(
+                "--provider-configs=ROOT_KUBECONFIG={}",
+                c.external.kubeconfig.canonicalize().unwrap().display()
+            ),
+            "--nodes=3".to_owned(),
+            "--masterip=127.0.0.1".to_owned(),
+        ]
+    );
+    assert!(cl2.warnings().is_empty(), "{:?}", cl2.warnings());
     check(
         &c.take(),
         expect![[r#"
@@ -142,6 +168,7 @@ async fn deploy_again_scale_down_and_destroy_as_the_user_reads_it() {
             warning: the master is at a loopback address (<master>): this works only for pods on the host's network (--allow-loopback-master)
             note: external cluster <external> (v1.33.0), context sim-external
             note: kubemark master <master> (v1.33.2), context sim-master
+            note: clusterloader2 will see 3 schedulable node(s) on the master: 3 hollow, 0 other
             note: room for 132 more hollow-node pods, 3 needed
             == apply: 3 hollow nodes from templates/hollow-node.yaml into namespace kubemark
             applied Namespace kubemark
@@ -163,6 +190,7 @@ async fn deploy_again_scale_down_and_destroy_as_the_user_reads_it() {
             warning: the master is at a loopback address (<master>): this works only for pods on the host's network (--allow-loopback-master)
             note: external cluster <external> (v1.33.0), context sim-external
             note: kubemark master <master> (v1.33.2), context sim-master
+            note: clusterloader2 will see 3 schedulable node(s) on the master: 3 hollow, 0 other
             note: room for 129 more hollow-node pods, 0 needed
             == apply: 3 hollow nodes from templates/hollow-node.yaml into namespace kubemark
             applied Namespace kubemark (unchanged)
@@ -184,6 +212,7 @@ async fn deploy_again_scale_down_and_destroy_as_the_user_reads_it() {
             warning: the master is at a loopback address (<master>): this works only for pods on the host's network (--allow-loopback-master)
             note: external cluster <external> (v1.33.0), context sim-external
             note: kubemark master <master> (v1.33.2), context sim-master
+            note: clusterloader2 will see 1 schedulable node(s) on the master: 1 hollow, 0 other
             note: room for 129 more hollow-node pods, 0 needed
             == apply: 1 hollow nodes from templates/hollow-node.yaml into namespace kubemark
             applied Namespace kubemark (unchanged)
@@ -284,4 +313,62 @@ async fn a_secret_deploy_did_not_make_stops_it_before_any_write() {
     let rcs: Api<k8s_openapi::api::core::v1::ReplicationController> =
         Api::namespaced(external.client.clone(), "kubemark");
     assert!(rcs.get_opt("hollow-node").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_max_is_what_the_external_cluster_holds() {
+    let c = Clusters::start().await;
+    let n = kubemark_deploy::most_that_fit(&c.spec(1), &c.events())
+        .await
+        .unwrap();
+    // Two simulated workers of 4 CPUs, 16Gi and 110 pods; a hollow-node pod
+    // requests 40m + 20m CPU and 100Mi + (100Mi + 50Ki per node) memory: CPU
+    // binds first, at 4000m / 60m = 66 pods a worker.
+    assert_eq!(n, 2 * (4000 / 60));
+    let log = c.take();
+    assert!(
+        log.starts_with(
+            "note: 132 hollow nodes fit on the external cluster (--replicas max): deploying 132\n"
+        ),
+        "{log}"
+    );
+    // That many deploy; one more does not fit.
+    let outcome = kubemark_deploy::deploy(&c.spec(n), &c.events(), &CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome.summary.unwrap().wanted, 132);
+    let e = kubemark_deploy::check(&c.spec(n + 1), &c.events())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("room for 0 hollow-node pod(s), 1 needed"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusterloader2_is_told_of_schedulable_nodes_that_are_not_hollow() {
+    let c = Clusters::with_master_workers(1).await;
+    let outcome = kubemark_deploy::deploy(&c.spec(2), &c.events(), &CancellationToken::new())
+        .await
+        .unwrap();
+    let cl2 = outcome.clusterloader2.unwrap();
+    assert_eq!((cl2.nodes, cl2.schedulable_nodes), (2, 3));
+    assert_eq!(cl2.other_schedulable_nodes.len(), 1);
+    let log = c.take();
+    assert!(
+        log.contains(
+            "note: clusterloader2 will see 3 schedulable node(s) on the master: 2 hollow, 1 other"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("warning: the master already has 1 schedulable node(s) that are not hollow"),
+        "{log}"
+    );
+    assert!(
+        log.contains("warning: clusterloader2 will also count 1 schedulable node(s) on the master that are not this deploy's hollow nodes"),
+        "{log}"
+    );
 }

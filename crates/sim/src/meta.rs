@@ -291,7 +291,9 @@ pub fn uid(rng: &mut crate::faults::Rng) -> String {
 /// A Kubernetes quantity (`100m`, `1Gi`, `50M`, `2`) in milli-units, by the
 /// one parser the tool uses everywhere (`kubemark_contract::Quantity`).
 pub fn quantity_milli(q: &str) -> Option<i128> {
-    kubemark_contract::Quantity::parse(q).ok().map(|q| q.milli())
+    kubemark_contract::Quantity::parse(q)
+        .ok()
+        .map(|q| q.milli())
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ pub struct ClusterArgs {
 pub struct DeployArgs {
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// How many hollow nodes (0 to 2147483647). Required.
+    /// How many hollow nodes (0 to 2147483647), or `max`: as many as the external cluster holds. Required.
     #[arg(
         long,
         env = "KUBEMARK_REPLICAS",
@@ -182,27 +182,50 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
 
 fn deploy(a: &DeployArgs, global: &Global) -> Result<(), Failure> {
     let json = a.cluster.output.json();
-    let spec = spec(a, global).map_err(|f| f.json(json))?;
+    let (mut spec, max) = spec(a, global).map_err(|f| f.json(json))?;
     let renderer = Renderer::new(global.verbose);
     let events = renderer.deploy_events();
     if a.dry_run {
         let result = with_interrupt(&renderer, Threads::One, |_| {
-            Box::pin(async move { kubemark_deploy::check(&spec, &events).await })
+            Box::pin(async move {
+                if max {
+                    spec.replicas = kubemark_deploy::most_that_fit(&spec, &events).await?;
+                }
+                kubemark_deploy::check(&spec, &events).await
+            })
         })?;
         let checked = result.map_err(|e| failure(e).json(json))?;
         print_dry_run(&checked, json);
         return Ok(());
     }
     let result = with_interrupt(&renderer, Threads::One, |cancel| {
-        Box::pin(async move { kubemark_deploy::deploy(&spec, &events, &cancel).await })
+        Box::pin(async move {
+            if max {
+                spec.replicas = kubemark_deploy::most_that_fit(&spec, &events).await?;
+            }
+            kubemark_deploy::deploy(&spec, &events, &cancel).await
+        })
     })?;
     let outcome = result.map_err(|e| failure(e).json(json))?;
+    let env = match &outcome.clusterloader2 {
+        Some(cl2) => Some(write_clusterloader2_env(cl2, &outcome.namespace, global)?),
+        None => None,
+    };
     print_outcome(&outcome, json);
+    if let Some(env) = env.filter(|_| !json) {
+        println!("  (as shell variables in {})", env.display());
+    }
     Ok(())
 }
 
 fn render(a: &DeployArgs, show_secrets: bool, global: &Global) -> Result<(), Failure> {
-    let spec = spec(a, global)?;
+    let (spec, max) = spec(a, global)?;
+    if max {
+        return Err(Failure::usage(
+            "--replicas max: render touches no cluster, so it cannot know how many fit",
+            "give a number, or see the count with `cargo xtask deploy --replicas max --dry-run`",
+        ));
+    }
     let (plan, pod_kubeconfig) = kubemark_deploy::render(&spec).map_err(failure)?;
     if pod_kubeconfig.loopback {
         eprintln!(
@@ -225,7 +248,11 @@ fn status(c: &ClusterArgs, global: &Global) -> Result<(), Failure> {
         })
     })?;
     let s = result.map_err(|e| failure(e).json(json))?;
+    let env = write_clusterloader2_env(&s.clusterloader2, &s.namespace, global)?;
     print_status(&s, json, usize::MAX);
+    if !json {
+        println!("  (as shell variables in {})", env.display());
+    }
     Ok(())
 }
 
@@ -263,4 +290,18 @@ fn destroy(c: &ClusterArgs, timeout: Option<&str>, global: &Global) -> Result<()
     })?;
     print_destroyed(&d, json);
     Ok(())
+}
+
+/// `target/kubemark/clusterloader2.env`: the flags clusterloader2 takes for
+/// the cluster, as shell assignments (written after deploy and status).
+pub fn write_clusterloader2_env(
+    cl2: &kubemark_deploy::clusterloader2::Clusterloader2,
+    namespace: &str,
+    global: &Global,
+) -> Result<PathBuf, Failure> {
+    let path = global.state_dir.join("clusterloader2.env");
+    std::fs::create_dir_all(&global.state_dir)
+        .and_then(|()| std::fs::write(&path, cl2.env_file(namespace)))
+        .map_err(|e| Failure::failed(format!("writing {}: {e}", path.display())))?;
+    Ok(path)
 }

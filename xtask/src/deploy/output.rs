@@ -54,6 +54,9 @@ pub fn print_outcome(o: &kubemark_deploy::Outcome, json: bool) {
         ),
     }
     println!("  image {}, template {}", o.image, o.template);
+    if let Some(cl2) = &o.clusterloader2 {
+        print_clusterloader2(cl2);
+    }
 }
 
 pub fn print_status(s: &kubemark_deploy::status::Status, json: bool, max_rows: usize) {
@@ -73,6 +76,7 @@ pub fn print_status(s: &kubemark_deploy::status::Status, json: bool, max_rows: u
     for line in &s.diagnosis {
         println!("  {line}");
     }
+    print_clusterloader2(&s.clusterloader2);
     if !s.rows.is_empty() {
         let width = s
             .rows
@@ -128,4 +132,9 @@ pub fn print_destroyed(d: &kubemark_deploy::destroy::Destroyed, json: bool) {
     for line in &d.left {
         println!("  left: {line}");
     }
+}
+
+/// The flags clusterloader2 takes for this cluster.
+fn print_clusterloader2(cl2: &kubemark_deploy::clusterloader2::Clusterloader2) {
+    println!("  clusterloader2: {}", cl2.args.join(" "));
 }

@@ -152,7 +152,11 @@ pub fn recorded_image(state_dir: &std::path::Path) -> Option<Result<ImageRef, Fa
 
 /// A whole number from a flag, variable or file, named as the user gave it.
 fn count(text: &str, origin: &str, what: &str, max: u64) -> Result<u64, Failure> {
-    let hint = format!("give a whole number from 0 to {max}");
+    let hint = if what == "hollow nodes" {
+        format!("give a whole number from 0 to {max}, or `max` for as many as fit")
+    } else {
+        format!("give a whole number from 0 to {max}")
+    };
     match text.trim().parse::<i128>() {
         Ok(n) if n < 0 => Err(Failure::usage(
             format!("{origin} {text}: {what} cannot be negative"),
@@ -185,7 +189,9 @@ const FROM_FLAGS: [(&str, &str); 6] = [
     ),
 ];
 
-pub fn spec(a: &DeployArgs, global: &Global) -> Result<Spec, Failure> {
+/// The spec, and whether `--replicas max` asked for as many as fit (the
+/// spec's count is then found against the cluster, before the deploy).
+pub fn spec(a: &DeployArgs, global: &Global) -> Result<(Spec, bool), Failure> {
     let given = &global.given;
     let from = |id: &str, env: &str| given.origin(id, env);
     let c = clusters(&a.cluster, global)?;
@@ -195,12 +201,17 @@ pub fn spec(a: &DeployArgs, global: &Global) -> Result<Spec, Failure> {
             "pass --replicas N (or set KUBEMARK_REPLICAS, or replicas under [deploy] in kubemark.toml)",
         ));
     };
-    let replicas = count(
-        replicas,
-        &from("replicas", "KUBEMARK_REPLICAS"),
-        "hollow nodes",
-        u64::from(kubemark_deploy::plan::MAX_REPLICAS),
-    )? as u32;
+    let max = replicas.trim() == "max";
+    let replicas = if max {
+        1
+    } else {
+        count(
+            replicas,
+            &from("replicas", "KUBEMARK_REPLICAS"),
+            "hollow nodes",
+            u64::from(kubemark_deploy::plan::MAX_REPLICAS),
+        )? as u32
+    };
     let max_pods = a
         .max_pods
         .as_ref()
@@ -300,25 +311,28 @@ pub fn spec(a: &DeployArgs, global: &Global) -> Result<Spec, Failure> {
             from("adopt", "KUBEMARK_ADOPT")
         );
     }
-    Ok(Spec {
-        external: c.external,
-        master: c.master,
-        namespace: c.namespace,
-        replicas,
-        image,
-        template,
-        sets,
-        resources,
-        node_labels,
-        register_with_taints: a.register_with_taints.clone(),
-        max_pods,
-        extended_resources: a.extended_resources.clone(),
-        timeout,
-        wait: !a.no_wait,
-        allow_loopback_master: a.allow_loopback_master,
-        skip_capacity_check: a.skip_capacity_check,
-        adopt: a.adopt,
-    })
+    Ok((
+        Spec {
+            external: c.external,
+            master: c.master,
+            namespace: c.namespace,
+            replicas,
+            image,
+            template,
+            sets,
+            resources,
+            node_labels,
+            register_with_taints: a.register_with_taints.clone(),
+            max_pods,
+            extended_resources: a.extended_resources.clone(),
+            timeout,
+            wait: !a.no_wait,
+            allow_loopback_master: a.allow_loopback_master,
+            skip_capacity_check: a.skip_capacity_check,
+            adopt: a.adopt,
+        },
+        max,
+    ))
 }
 
 /// `[deploy.set]` of the file, then `--set` (which wins, key by key); each a

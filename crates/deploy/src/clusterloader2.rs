@@ -1,0 +1,202 @@
+//! What clusterloader2 needs to run against this kubemark cluster: the master
+//! and external kubeconfigs, the number of Ready hollow nodes, the master's
+//! address, as its flags; and how many schedulable, untainted nodes it will
+//! see on the master, hollow or not (it counts them itself and waits for
+//! `--nodes` of them).
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+
+use crate::error::{Error, Result, Side};
+use crate::kubeconfig::{Cluster, host_of};
+use crate::plan::NODE_LABEL;
+
+/// The flags and what they stand for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Clusterloader2 {
+    /// `--kubeconfig`: the kubemark master's.
+    pub kubeconfig: PathBuf,
+    /// `--provider-configs=ROOT_KUBECONFIG=`: the external cluster's.
+    pub root_kubeconfig: PathBuf,
+    /// `--nodes`: the Ready hollow nodes of this deploy.
+    pub nodes: usize,
+    /// `--masterip`: the master's host as the tool reaches it.
+    pub master_ip: String,
+    /// Nodes on the master clusterloader2 counts as schedulable (Ready, not
+    /// cordoned, no NoSchedule/NoExecute taint), hollow or not.
+    pub schedulable_nodes: usize,
+    /// Of those, nodes that are not this deploy's hollow nodes.
+    pub other_schedulable_nodes: Vec<String>,
+    /// The whole command line's flags.
+    pub args: Vec<String>,
+}
+
+/// A path as clusterloader2 reads it from anywhere: absolute.
+fn absolute(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+    })
+}
+
+/// Whether clusterloader2 (and the scheduler) would place test pods on `node`.
+pub fn schedulable(node: &Node) -> bool {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let spec = node.spec.as_ref();
+    let cordoned = spec.and_then(|s| s.unschedulable) == Some(true);
+    let tainted = spec
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"));
+    ready && !cordoned && !tainted
+}
+
+/// The master's schedulable nodes: (ours, others' names).
+pub async fn schedulable_nodes(master: &Cluster, namespace: &str) -> Result<(usize, Vec<String>)> {
+    let api: Api<Node> = Api::all(master.client.clone());
+    let all = ListParams::default();
+    let nodes = crate::retry::call(|| api.list(&all))
+        .await
+        .map_err(Error::api(Side::Master, "listing nodes"))?
+        .items;
+    let ours = |n: &Node| n.labels().get(NODE_LABEL).map(String::as_str) == Some(namespace);
+    let mut others: Vec<String> = nodes
+        .iter()
+        .filter(|n| schedulable(n) && !ours(n))
+        .map(ResourceExt::name_any)
+        .collect();
+    others.sort();
+    let hollow = nodes.iter().filter(|n| schedulable(n) && ours(n)).count();
+    Ok((hollow, others))
+}
+
+/// The flags for `ready` hollow nodes of `namespace`.
+pub async fn flags(
+    external: &Cluster,
+    master: &Cluster,
+    namespace: &str,
+    ready: usize,
+) -> Result<Clusterloader2> {
+    let (hollow, others) = schedulable_nodes(master, namespace).await?;
+    let kubeconfig = absolute(&master.kubeconfig);
+    let root_kubeconfig = absolute(&external.kubeconfig);
+    let master_ip = host_of(&master.server);
+    let args = vec![
+        "--provider=kubemark".to_owned(),
+        format!("--kubeconfig={}", kubeconfig.display()),
+        format!(
+            "--provider-configs=ROOT_KUBECONFIG={}",
+            root_kubeconfig.display()
+        ),
+        format!("--nodes={ready}"),
+        format!("--masterip={master_ip}"),
+    ];
+    Ok(Clusterloader2 {
+        kubeconfig,
+        root_kubeconfig,
+        nodes: ready,
+        master_ip,
+        schedulable_nodes: hollow + others.len(),
+        other_schedulable_nodes: others,
+        args,
+    })
+}
+
+impl Clusterloader2 {
+    /// What is worth a warning: clusterloader2 will count nodes that are not
+    /// this deploy's, or fewer than the Ready hollow nodes (they are tainted).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.other_schedulable_nodes.is_empty() {
+            let names: Vec<&str> = self
+                .other_schedulable_nodes
+                .iter()
+                .take(5)
+                .map(String::as_str)
+                .collect();
+            out.push(format!(
+                "clusterloader2 will also count {} schedulable node(s) on the master that are not this deploy's hollow nodes ({}{}): its test pods may land there; taint or cordon them, or give --nodes accordingly",
+                self.other_schedulable_nodes.len(),
+                names.join(", "),
+                if self.other_schedulable_nodes.len() > 5 { ", ..." } else { "" }
+            ));
+        }
+        let hollow = self.schedulable_nodes - self.other_schedulable_nodes.len();
+        if hollow < self.nodes {
+            out.push(format!(
+                "only {hollow} of the {} Ready hollow nodes are schedulable for clusterloader2 (tainted NoSchedule/NoExecute, or cordoned): its test pods need tolerations, or register the hollow nodes without those taints",
+                self.nodes
+            ));
+        }
+        out
+    }
+
+    /// `target/kubemark/clusterloader2.env`: shell assignments, single-quoted.
+    pub fn env_file(&self, namespace: &str) -> String {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        let mut out = format!(
+            "# clusterloader2 against the kubemark cluster of namespace {namespace} (written by cargo xtask deploy)\n\
+             # source this file, then: clusterloader2 $CL2_ARGS --testconfig=... --report-dir=...\n"
+        );
+        for (key, value) in [
+            ("CL2_PROVIDER", "kubemark".to_owned()),
+            ("CL2_KUBECONFIG", self.kubeconfig.display().to_string()),
+            (
+                "CL2_ROOT_KUBECONFIG",
+                self.root_kubeconfig.display().to_string(),
+            ),
+            ("CL2_NODES", self.nodes.to_string()),
+            ("CL2_MASTER_IP", self.master_ip.clone()),
+            ("CL2_ARGS", self.args.join(" ")),
+        ] {
+            out.push_str(&format!("{key}={}\n", quote(&value)));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_env_file_quotes_for_the_shell() {
+        let c = Clusterloader2 {
+            kubeconfig: "/k/it's master".into(),
+            root_kubeconfig: "/k/external".into(),
+            nodes: 5,
+            master_ip: "10.0.0.1".into(),
+            schedulable_nodes: 6,
+            other_schedulable_nodes: vec!["control-plane".into()],
+            args: vec!["--nodes=5".into(), "--kubeconfig=/k/it's master".into()],
+        };
+        let env = c.env_file("kubemark");
+        assert!(
+            env.contains("CL2_KUBECONFIG='/k/it'\\''s master'\n"),
+            "{env}"
+        );
+        assert!(env.contains("CL2_NODES='5'\n"), "{env}");
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("1 schedulable node(s)") && w[0].contains("control-plane"));
+        // The shell reads it back as written.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{env}\nprintf %s \"$CL2_KUBECONFIG|$CL2_ARGS\""))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "/k/it's master|--nodes=5 --kubeconfig=/k/it's master"
+        );
+    }
+}
