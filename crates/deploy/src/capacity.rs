@@ -58,7 +58,7 @@ pub fn pod_requests(pod: &PodSpec) -> Requests {
 }
 
 /// Whether `tolerations` let a pod onto a node with `taint` (the scheduler's rule).
-fn tolerated(taint: &Taint, tolerations: &[Toleration]) -> bool {
+pub(crate) fn tolerated(taint: &Taint, tolerations: &[Toleration]) -> bool {
     tolerations.iter().any(|t| {
         let exists = t.operator.as_deref() == Some("Exists");
         let key = t.key.as_deref().unwrap_or_default();

@@ -18,6 +18,7 @@ pub mod capacity;
 pub mod clusterloader2;
 pub mod destroy;
 pub mod diagnose;
+pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod kubeconfig;

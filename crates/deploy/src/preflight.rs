@@ -409,6 +409,22 @@ pub async fn run(
     )
     .await?;
     clusterloader2_view(spec, master, events).await;
+    let patient = crate::doctor::Patient {
+        external,
+        master,
+        namespace: &spec.namespace,
+        pod: Some(&plan.pod),
+        grace: crate::doctor::GRACE,
+        repair: false,
+    };
+    match crate::doctor::examine(&patient).await {
+        Ok(report) => {
+            for f in &report.findings {
+                events.warn(format!("doctor ({}): {} Fix: {}", f.check, f.what, f.fix));
+            }
+        }
+        Err(e) => events.note(format!("the doctor's checks did not run: {e}")),
+    }
     for name in &plan.foreign_configmaps {
         events.warn(format!(
             "the template mounts the configmap `{name}`, which deploy does not create"

@@ -56,7 +56,7 @@ fn is_hollow(rc: &ReplicationController) -> bool {
     })
 }
 
-fn selector_of(rc: &ReplicationController) -> String {
+pub(crate) fn selector_of(rc: &ReplicationController) -> String {
     rc.spec
         .as_ref()
         .and_then(|s| s.selector.clone())
@@ -67,7 +67,10 @@ fn selector_of(rc: &ReplicationController) -> String {
         .join(",")
 }
 
-async fn hollow_rcs(external: &Cluster, namespace: &str) -> Result<Vec<ReplicationController>> {
+pub(crate) async fn hollow_rcs(
+    external: &Cluster,
+    namespace: &str,
+) -> Result<Vec<ReplicationController>> {
     let api: Api<ReplicationController> = Api::namespaced(external.client.clone(), namespace);
     let all = ListParams::default();
     match crate::retry::call(|| api.list(&all)).await {

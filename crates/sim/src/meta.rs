@@ -64,10 +64,11 @@ pub mod idx {
     pub const EVENTS: usize = 6;
     pub const SSAR: usize = 7;
     pub const LEASES: usize = 8;
+    pub const DAEMONSETS: usize = 9;
 }
 
 /// Everything served. Core v1 first, then the groups.
-pub static RESOURCES: [Resource; 9] = [
+pub static RESOURCES: [Resource; 10] = [
     core(
         "namespaces",
         "namespace",
@@ -111,10 +112,22 @@ pub static RESOURCES: [Resource; 9] = [
         subresources: &[],
         stored: true,
     },
+    // Stored and served, with no controller: what the doctor reads on a master.
+    Resource {
+        group: "apps",
+        version: "v1",
+        plural: "daemonsets",
+        singular: "daemonset",
+        kind: "DaemonSet",
+        namespaced: true,
+        short_names: &["ds"],
+        subresources: &["status"],
+        stored: true,
+    },
 ];
 
 /// The groups besides core, for `/apis`.
-pub static GROUPS: [&str; 2] = ["authorization.k8s.io", "coordination.k8s.io"];
+pub static GROUPS: [&str; 3] = ["apps", "authorization.k8s.io", "coordination.k8s.io"];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<usize> {
     RESOURCES

@@ -36,6 +36,7 @@ fn typed(res: usize, obj: &Value) -> Result<Value, ApiError> {
         idx::EVENTS => round_trip::<Event>(res, obj),
         idx::SSAR => round_trip::<SelfSubjectAccessReview>(res, obj),
         idx::LEASES => round_trip::<Lease>(res, obj),
+        idx::DAEMONSETS => round_trip::<k8s_openapi::api::apps::v1::DaemonSet>(res, obj),
         _ => Ok(obj.clone()),
     }
 }

@@ -22,7 +22,7 @@ use crate::run::{Output, Threads, with_interrupt};
 
 pub use hints::failure;
 use output::print_dry_run;
-pub use output::{print_destroyed, print_outcome, print_status};
+pub use output::{print_destroyed, print_doctor, print_outcome, print_status};
 pub use spec::recorded_image;
 use spec::{clusters, duration, spec};
 
@@ -148,6 +148,18 @@ pub enum Action {
         #[arg(long)]
         timeout: Option<String>,
     },
+    /// Find what makes hollow nodes fail or tests lie, with the fix; reads only, unless --repair.
+    Doctor {
+        #[command(flatten)]
+        cluster: ClusterArgs,
+        /// Delete hollow-node pods that run while their Node is NotReady (their
+        /// ReplicationController replaces them), and those Nodes.
+        #[arg(long)]
+        repair: bool,
+        /// How long a Node may be NotReady under a Running pod before it counts as stuck: 90s, 5m [default: 5m].
+        #[arg(long)]
+        grace: Option<String>,
+    },
     /// Print the manifests as YAML; touch nothing.
     Render {
         #[command(flatten)]
@@ -177,6 +189,56 @@ pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
         Some(Action::Render { args, show_secrets }) => render(&args, show_secrets, global),
         Some(Action::Status(c)) => status(&c, global),
         Some(Action::Destroy { cluster, timeout }) => destroy(&cluster, timeout.as_deref(), global),
+        Some(Action::Doctor {
+            cluster,
+            repair,
+            grace,
+        }) => doctor(&cluster, repair, grace.as_deref(), global),
+    }
+}
+
+fn doctor(
+    c: &ClusterArgs,
+    repair: bool,
+    grace: Option<&str>,
+    global: &Global,
+) -> Result<(), Failure> {
+    let json = c.output.json();
+    let cl = clusters(c, global).map_err(|f| f.json(json))?;
+    let grace = grace
+        .map(|g| duration("--grace", g))
+        .transpose()
+        .map_err(|f| f.json(json))?
+        .unwrap_or(kubemark_deploy::doctor::GRACE);
+    let renderer = Renderer::new(global.verbose);
+    let result = with_interrupt(&renderer, Threads::One, |_| {
+        Box::pin(async move {
+            let (external, master) = kubemark_deploy::connect(&cl.external, &cl.master).await?;
+            kubemark_deploy::doctor::examine(&kubemark_deploy::doctor::Patient {
+                external: &external,
+                master: &master,
+                namespace: &cl.namespace,
+                pod: None,
+                grace,
+                repair,
+            })
+            .await
+        })
+    })?;
+    let report = result.map_err(|e| failure(e).json(json))?;
+    print_doctor(&report, json);
+    match report.problems() {
+        0 => Ok(()),
+        n => Err(Failure {
+            message: format!(
+                "the doctor found {n} problem(s) in namespace {}",
+                report.namespace
+            ),
+            details: Vec::new(),
+            hint: Some("each is listed above with its fix".into()),
+            code: crate::report::FAILED,
+            json: false,
+        }),
     }
 }
 

@@ -138,3 +138,27 @@ pub fn print_destroyed(d: &kubemark_deploy::destroy::Destroyed, json: bool) {
 fn print_clusterloader2(cl2: &kubemark_deploy::clusterloader2::Clusterloader2) {
     println!("  clusterloader2: {}", cl2.args.join(" "));
 }
+
+pub fn print_doctor(r: &kubemark_deploy::doctor::Report, json: bool) {
+    if json {
+        return print_json(r);
+    }
+    println!("doctor: namespace {}", r.namespace);
+    for check in &r.passed {
+        println!("  ok       {check}");
+    }
+    for f in &r.findings {
+        let severity = match f.severity {
+            kubemark_deploy::doctor::Severity::Problem => "problem",
+            kubemark_deploy::doctor::Severity::Warning => "warning",
+        };
+        println!("  {severity:<8} {}: {}", f.check, f.what);
+        println!("           fix: {}", f.fix);
+    }
+    for s in &r.skipped {
+        println!("  skipped  {s}");
+    }
+    for what in &r.repaired {
+        println!("  repaired: deleted {what}");
+    }
+}
