@@ -225,14 +225,7 @@ async fn deploy_rerun_scale_status_and_destroy() {
     let run = c.run(&["status"], &["--output", "json"]).await;
     run.assert_code(0);
     let status = run.json();
-    assert_eq!(
-        (
-            status["wanted"].as_i64(),
-            status["running"].as_i64(),
-            status["ready"].as_i64()
-        ),
-        (Some(50), Some(50), Some(50))
-    );
+    assert_eq!(support::status_counts(&status), [Some(50); 3]);
     let row = &status["rows"][0];
     assert_eq!(row["hollow_node"], row["pod"]);
     assert!(

@@ -149,6 +149,11 @@ impl Run {
     }
 }
 
+/// `wanted`, `running` and `ready` of `deploy status --output json`.
+pub fn status_counts(status: &serde_json::Value) -> [Option<i64>; 3] {
+    ["wanted", "running", "ready"].map(|key| status[key].as_i64())
+}
+
 /// The command line of one xtask run, built up flag by flag.
 #[derive(Clone, Debug)]
 pub struct Args(pub Vec<String>);
