@@ -10,9 +10,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::Path;
+
 use kubemark_sim::meta::idx;
 use kubemark_sim::{Sim, SimConfig, Timing};
-use support::{Env, Run};
+use support::{Args, Env, Run};
+
+/// The image deploy is given unless a test says otherwise.
+const IMAGE: &str = "127.0.0.1:5000/kubemark:v1.33.0";
 
 /// An address of this host that is not loopback, so that the master kubeconfig
 /// passes deploy's loopback check as a real master's would.
@@ -83,38 +88,49 @@ impl Clusters {
         Self::start(|_| {}, |_| {}).await
     }
 
-    /// `deploy ...` with both kubeconfigs; `extra` follows.
-    fn args(&self, sub: &[&str], extra: &[&str]) -> Vec<String> {
-        let mut all: Vec<String> = vec!["deploy".into()];
-        all.extend(sub.iter().map(|s| s.to_string()));
-        all.extend([
-            "--external-kubeconfig".into(),
-            self.external.kubeconfig.display().to_string(),
-            "--master-kubeconfig".into(),
-            self.master.kubeconfig.display().to_string(),
-        ]);
+    /// `deploy <sub>` with both kubeconfigs.
+    fn args(&self, sub: &[&str]) -> Args {
+        self.args_against(&self.external.kubeconfig, sub)
+    }
+
+    /// `deploy <sub>` with `external` as the external cluster's kubeconfig and
+    /// the master's.
+    fn args_against(&self, external: &Path, sub: &[&str]) -> Args {
+        let args = Args::new(&["deploy"])
+            .flags(sub)
+            .opt("--external-kubeconfig", external)
+            .opt("--master-kubeconfig", &self.master.kubeconfig);
         if self.loopback && sub.is_empty() {
-            all.push("--allow-loopback-master".into());
+            args.flags(&["--allow-loopback-master"])
+        } else {
+            args
         }
-        all.extend(extra.iter().map(|s| s.to_string()));
-        all
+    }
+
+    /// The binary with `args`, off the runtime's threads (the clusters answer on them).
+    async fn xtask(&self, args: Args) -> Run {
+        let env = Arc::clone(&self.env);
+        tokio::task::spawn_blocking(move || env.xtask(&args))
+            .await
+            .unwrap()
     }
 
     async fn run(&self, sub: &[&str], extra: &[&str]) -> Run {
-        let args = self.args(sub, extra);
-        let env = Arc::clone(&self.env);
-        tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-            env.xtask(&refs)
-        })
-        .await
-        .unwrap()
+        self.xtask(self.args(sub).flags(extra)).await
     }
 
     async fn deploy(&self, extra: &[&str]) -> Run {
-        let mut args = vec!["--image", "127.0.0.1:5000/kubemark:v1.33.0"];
-        args.extend_from_slice(extra);
-        self.run(&[], &args).await
+        self.run(&[], &[&["--image", IMAGE][..], extra].concat())
+            .await
+    }
+
+    /// Whether the external cluster holds `name` of resource `res` in namespace `ns`.
+    fn has(&self, res: usize, ns: &str, name: &str) -> bool {
+        self.external.store().get(res, ns, name).is_some()
+    }
+
+    fn master_has_node(&self, name: &str) -> bool {
+        self.master.store().get(idx::NODES, "", name).is_some()
     }
 
     /// Hollow nodes of namespace `kubemark` on the master, and how many are Ready.
@@ -159,20 +175,14 @@ async fn deploy_rerun_scale_status_and_destroy() {
         .create(idx::NODES, serde_json::json!({"metadata": {"name": "real-node-1", "labels": {"kubernetes.io/hostname": "real-node-1"}}}))
         .unwrap();
 
-    let run = c.deploy(&["--replicas", "50"]).await;
-    run.assert_code(0);
-    assert!(
-        run.stdout
-            .contains("50 hollow nodes Ready in namespace kubemark"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("registration latency"),
-        "{}",
-        run.stdout
-    );
-    assert!(run.stderr.contains("room for"), "{}", run.stderr);
+    c.deploy(&["--replicas", "50"])
+        .await
+        .assert_code(0)
+        .stdout_has(&[
+            "50 hollow nodes Ready in namespace kubemark",
+            "registration latency",
+        ])
+        .stderr_has(&["room for"]);
     assert_eq!(c.master_nodes(), (50, 50));
     assert_eq!(c.external_pods(), 50);
     // What deploy writes (spec and its managed fields), not the status the RC
@@ -201,29 +211,21 @@ async fn deploy_rerun_scale_status_and_destroy() {
     let rc_before = rc_written();
 
     // The same deploy again changes nothing.
-    let run = c.deploy(&["--replicas", "50"]).await;
-    run.assert_code(0);
-    for line in [
-        "Namespace kubemark unchanged",
-        "Secret kubeconfig unchanged",
-        "ReplicationController hollow-node unchanged",
-    ] {
-        assert!(run.stderr.contains(line), "{line}: {}", run.stderr);
-    }
+    c.deploy(&["--replicas", "50"])
+        .await
+        .assert_code(0)
+        .stderr_has(&[
+            "Namespace kubemark unchanged",
+            "Secret kubeconfig unchanged",
+            "ReplicationController hollow-node unchanged",
+        ]);
     assert_eq!(rc_written(), rc_before);
 
     // status: counts and the map hollow node ↔ pod ↔ external node.
     let run = c.run(&["status"], &["--output", "json"]).await;
     run.assert_code(0);
     let status = run.json();
-    assert_eq!(
-        (
-            status["wanted"].as_i64(),
-            status["running"].as_i64(),
-            status["ready"].as_i64()
-        ),
-        (Some(50), Some(50), Some(50))
-    );
+    assert_eq!(support::status_counts(&status), [Some(50); 3]);
     let row = &status["rows"][0];
     assert_eq!(row["hollow_node"], row["pod"]);
     assert!(
@@ -237,42 +239,28 @@ async fn deploy_rerun_scale_status_and_destroy() {
     // Scale up, then down: the master's stale nodes go.
     c.deploy(&["--replicas", "80"]).await.assert_code(0);
     assert_eq!(c.master_nodes(), (80, 80));
-    let run = c.deploy(&["--replicas", "20"]).await;
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains("deleted 60 stale hollow node(s)"),
-        "{}",
-        run.stdout
-    );
+    c.deploy(&["--replicas", "20"])
+        .await
+        .assert_code(0)
+        .stdout_has(&["deleted 60 stale hollow node(s)"]);
     assert_eq!(c.master_nodes(), (20, 20));
     assert_eq!(c.external_pods(), 20);
 
     // destroy leaves nothing of ours on either side, and the real node.
-    let run = c.run(&["destroy"], &[]).await;
-    run.assert_code(0);
-    assert!(
-        run.stdout
-            .contains("destroyed: 1 ReplicationController(s) with 20 pod(s), 1 secret(s), 0 configmap(s), the namespace, 20 hollow node(s)"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        c.external
-            .store()
-            .get(idx::NAMESPACES, "", "kubemark")
-            .is_none()
-    );
+    c.run(&["destroy"], &[])
+        .await
+        .assert_code(0)
+        .stdout_has(&[
+            "destroyed: 1 ReplicationController(s) with 20 pod(s), 1 secret(s), 0 configmap(s), the namespace, 20 hollow node(s)",
+        ]);
+    assert!(!c.has(idx::NAMESPACES, "", "kubemark"));
     assert_eq!(c.external_pods(), 0);
     assert_eq!(c.master_nodes(), (0, 0));
-    assert!(
-        c.master
-            .store()
-            .get(idx::NODES, "", "real-node-1")
-            .is_some()
-    );
-    let run = c.run(&["destroy"], &[]).await;
-    run.assert_code(0);
-    assert!(run.stdout.contains("nothing to destroy"), "{}", run.stdout);
+    assert!(c.master_has_node("real-node-1"));
+    c.run(&["destroy"], &[])
+        .await
+        .assert_code(0)
+        .stdout_has(&["nothing to destroy"]);
 }
 
 const MASTER_KUBECONFIG: &str = "apiVersion: v1\nkind: Config\ncurrent-context: master\nclusters:\n- name: master\n  cluster:\n    server: https://10.1.2.3:6443\n    certificate-authority-data: Q0E=\nusers:\n- name: admin\n  user:\n    token: not-a-real-token\ncontexts:\n- name: master\n  context: {cluster: master, user: admin}\n";
@@ -298,30 +286,23 @@ fn snapshot(name: &str, actual: &str) {
 #[test]
 fn render_prints_the_manifests_and_touches_nothing() {
     let env = Env::new();
-    let master = env.path("master.kubeconfig");
-    std::fs::write(&master, MASTER_KUBECONFIG).unwrap();
     let args = [
-        "deploy",
-        "render",
         "--replicas",
         "3",
         "--image",
-        "127.0.0.1:5000/kubemark:v1.33.0",
-        "--master-kubeconfig",
-        master.to_str().unwrap(),
+        IMAGE,
         "--node-labels",
         "zone=a",
         "--max-pods",
         "30",
     ];
-    let run = env.xtask(&args);
+    let run = render(&env, &args);
     run.assert_code(0);
     snapshot("render-simplified.yaml", &run.stdout);
-    assert!(run.stdout.contains("<redacted"), "secret data is redacted");
-    assert!(
-        !run.stdout.contains("not-a-real-token") && !run.stdout.contains("bm90LWEtcmVhbC10b2tlbg")
-    );
-    let shown = env.xtask(&[&args[..], &["--show-secrets"]].concat());
+    // Secret data is redacted.
+    run.stdout_has(&["<redacted"])
+        .stdout_lacks(&["not-a-real-token", "bm90LWEtcmVhbC10b2tlbg"]);
+    let shown = render(&env, &[&args[..], &["--show-secrets"]].concat());
     shown.assert_code(0);
     let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&shown.stdout)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
@@ -478,24 +459,19 @@ async fn the_upstream_template_renders_and_deploys() {
     std::fs::create_dir_all(template.parent().unwrap()).unwrap();
     std::fs::write(&template, UPSTREAM_STYLE).unwrap();
     let source = checkout.to_str().unwrap();
-    let run = c
-        .deploy(&[
-            "--replicas",
-            "5",
-            "--template",
-            "upstream",
-            "--source-dir",
-            source,
-            "--max-pods",
-            "40",
-        ])
-        .await;
-    run.assert_code(0);
-    assert!(
-        run.stderr.contains("ConfigMap node-configmap applied"),
-        "{}",
-        run.stderr
-    );
+    c.deploy(&[
+        "--replicas",
+        "5",
+        "--template",
+        "upstream",
+        "--source-dir",
+        source,
+        "--max-pods",
+        "40",
+    ])
+    .await
+    .assert_code(0)
+    .stderr_has(&["ConfigMap node-configmap applied"]);
     assert_eq!(c.master_nodes(), (5, 5));
     let cm = c
         .external
@@ -539,29 +515,16 @@ async fn too_little_capacity_is_refused_before_anything_is_created() {
         |_| {},
     )
     .await;
-    let run = c.deploy(&["--replicas", "50"]).await;
-    run.assert_code(1);
+    c.deploy(&["--replicas", "50"])
+        .await
+        .assert_code(1)
+        .stderr_has(&[
+            "the external cluster has room for 8 hollow-node pod(s), 50 needed",
+            "each hollow-node pod requests 60m CPU",
+            "--skip-capacity-check",
+        ]);
     assert!(
-        run.stderr
-            .contains("the external cluster has room for 8 hollow-node pod(s), 50 needed"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("each hollow-node pod requests 60m CPU"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("--skip-capacity-check"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        c.external
-            .store()
-            .get(idx::NAMESPACES, "", "kubemark")
-            .is_none(),
+        !c.has(idx::NAMESPACES, "", "kubemark"),
         "nothing was created"
     );
 }
@@ -573,21 +536,14 @@ async fn an_image_that_does_not_pull_is_diagnosed() {
         |_| {},
     )
     .await;
-    let run = c.deploy(&["--replicas", "3", "--timeout", "8s"]).await;
-    run.assert_code(1);
-    assert!(
-        run.stderr.contains("0/3 hollow nodes Ready after 8s"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains(
-            "3 pods ImagePullBackOff: image 127.0.0.1:5000/kubemark:v1.33.0 cannot be pulled"
-        ),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("deploy again"), "{}", run.stderr);
+    c.deploy(&["--replicas", "3", "--timeout", "8s"])
+        .await
+        .assert_code(1)
+        .stderr_has(&[
+            "0/3 hollow nodes Ready after 8s",
+            "3 pods ImagePullBackOff: image 127.0.0.1:5000/kubemark:v1.33.0 cannot be pulled",
+            "deploy again",
+        ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -599,19 +555,14 @@ async fn a_master_the_pods_cannot_reach_is_diagnosed() {
         |m| m.port = master_port,
     )
     .await;
-    let run = c.deploy(&["--replicas", "2", "--timeout", "8s"]).await;
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("2 pods CrashLoopBackOff (container hollow-kubelet keeps exiting)"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("i/o timeout"),
-        "the hollow kubelet's own words: {}",
-        run.stderr
-    );
+    // With the hollow kubelet's own words.
+    c.deploy(&["--replicas", "2", "--timeout", "8s"])
+        .await
+        .assert_code(1)
+        .stderr_has(&[
+            "2 pods CrashLoopBackOff (container hollow-kubelet keeps exiting)",
+            "i/o timeout",
+        ]);
 }
 
 fn custom_template(c: &Clusters, name: &str, edit: impl FnOnce(String) -> String) -> String {
@@ -630,29 +581,20 @@ async fn a_wrong_secret_key_and_a_missing_configmap_are_diagnosed() {
     let wrong_key = custom_template(&c, "wrong-key.yaml", |t| {
         t.replace("/kubeconfig/kubelet.kubeconfig", "/kubeconfig/kubelet.conf")
     });
-    let run = c
-        .deploy(&[
-            "--replicas",
-            "2",
-            "--timeout",
-            "8s",
-            "--template",
-            &wrong_key,
-        ])
-        .await;
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("2 pods CrashLoopBackOff (container hollow-kubelet keeps exiting)"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains("open /kubeconfig/kubelet.conf: no such file or directory"),
-        "{}",
-        run.stderr
-    );
+    c.deploy(&[
+        "--replicas",
+        "2",
+        "--timeout",
+        "8s",
+        "--template",
+        &wrong_key,
+    ])
+    .await
+    .assert_code(1)
+    .stderr_has(&[
+        "2 pods CrashLoopBackOff (container hollow-kubelet keeps exiting)",
+        "open /kubeconfig/kubelet.conf: no such file or directory",
+    ]);
     c.run(&["destroy"], &[]).await.assert_code(0);
 
     let extra_volume = custom_template(&c, "configmap.yaml", |t| {
@@ -661,29 +603,13 @@ async fn a_wrong_secret_key_and_a_missing_configmap_are_diagnosed() {
             "      - name: extra\n        configMap:\n          name: hollow-extra\n      - name: logs-volume\n        hostPath:",
         )
     });
-    let run = c
-        .deploy(&[
-            "--replicas",
-            "2",
-            "--timeout",
-            "8s",
-            "--template",
-            &extra_volume,
-        ])
-        .await;
-    run.assert_code(1);
-    assert!(
-        run.stderr.contains(
-            "the template mounts the configmap `hollow-extra`, which deploy does not create"
-        ),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("2 pods FailedMount: MountVolume.SetUp failed for volume \"extra\" : configmap \"hollow-extra\" not found"),
-        "{}",
-        run.stderr
-    );
+    c.deploy(&["--replicas", "2", "--timeout", "8s", "--template", &extra_volume])
+        .await
+        .assert_code(1)
+        .stderr_has(&[
+            "the template mounts the configmap `hollow-extra`, which deploy does not create",
+            "2 pods FailedMount: MountVolume.SetUp failed for volume \"extra\" : configmap \"hollow-extra\" not found",
+        ]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -720,33 +646,16 @@ async fn kubeconfigs_a_pod_cannot_use_are_refused() {
         (&loopback, "is this machine: 127.0.0.1 (a loopback address)"),
         (&exec, "the exec plugin `gke-gcloud-auth-plugin`"),
     ] {
-        let args = [
-            "deploy",
-            "--external-kubeconfig",
-            c.external.kubeconfig.to_str().unwrap(),
-            "--master-kubeconfig",
-            file.to_str().unwrap(),
-            "--replicas",
-            "2",
-            "--image",
-            "127.0.0.1:5000/kubemark:v1",
-        ];
-        let env = Arc::clone(&c.env);
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let run = tokio::task::spawn_blocking(move || {
-            env.xtask(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        })
-        .await
-        .unwrap();
-        run.assert_code(2);
-        assert!(run.stderr.contains(expect), "{expect}: {}", run.stderr);
-        assert!(run.stderr.contains("hint:"), "{}", run.stderr);
-        assert!(
-            c.external
-                .store()
-                .get(idx::NAMESPACES, "", "kubemark")
-                .is_none()
-        );
+        // Without --allow-loopback-master, whatever this host's addresses.
+        let args = Args::new(&["deploy"])
+            .opt("--external-kubeconfig", &c.external.kubeconfig)
+            .opt("--master-kubeconfig", file)
+            .flags(&["--replicas", "2", "--image", "127.0.0.1:5000/kubemark:v1"]);
+        c.xtask(args)
+            .await
+            .assert_code(2)
+            .stderr_has(&[expect, "hint:"]);
+        assert!(!c.has(idx::NAMESPACES, "", "kubemark"));
     }
 }
 
@@ -759,36 +668,26 @@ async fn undefined_placeholders_and_bad_flags_are_usage_errors() {
             "name: hollow-kubelet\n        workingDir: {{ a_missing }}/{{ b_missing }}",
         )
     });
-    let run = c
-        .deploy(&["--replicas", "2", "--template", &template])
-        .await;
-    run.assert_code(2);
-    assert!(
-        run.stderr
-            .contains("needs 2 value(s) nobody set: a_missing, b_missing"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains("--set a_missing=... --set b_missing=..."),
-        "{}",
-        run.stderr
-    );
-    let run = c
-        .deploy(&[
-            "--replicas",
-            "2",
-            "--template",
-            &template,
-            "--set",
-            "a_missing=/x",
-            "--set",
-            "b_missing=y",
-            "--no-wait",
-        ])
-        .await;
-    run.assert_code(0);
+    c.deploy(&["--replicas", "2", "--template", &template])
+        .await
+        .assert_code(2)
+        .stderr_has(&[
+            "needs 2 value(s) nobody set: a_missing, b_missing",
+            "--set a_missing=... --set b_missing=...",
+        ]);
+    c.deploy(&[
+        "--replicas",
+        "2",
+        "--template",
+        &template,
+        "--set",
+        "a_missing=/x",
+        "--set",
+        "b_missing=y",
+        "--no-wait",
+    ])
+    .await
+    .assert_code(0);
 
     for (extra, expect) in [
         (
@@ -851,34 +750,16 @@ async fn undefined_placeholders_and_bad_flags_are_usage_errors() {
         (vec!["--replicas", "2", "--set", "x"], "is not key=value"),
         (vec![], "no --replicas given"),
     ] {
-        let run = c.deploy(&extra).await;
-        assert_eq!(run.code, 2, "{extra:?}: {}", run.stderr);
-        assert!(
-            run.stderr.contains(expect),
-            "{extra:?}: expected {expect:?} in {}",
-            run.stderr
-        );
+        c.deploy(&extra).await.assert_code(2).stderr_has(&[expect]);
     }
-    let run = c
-        .run(&[], &["--replicas", "2", "--image", "r.io/other:v1"])
-        .await;
-    run.assert_code(2);
-    assert!(
-        run.stderr
-            .contains("is in the repository `other`, not `kubemark`"),
-        "{}",
-        run.stderr
-    );
-    let env = Arc::clone(&c.env);
-    let run = tokio::task::spawn_blocking(move || env.xtask(&["deploy", "--replicas", "2"]))
+    c.run(&[], &["--replicas", "2", "--image", "r.io/other:v1"])
         .await
-        .unwrap();
-    run.assert_code(2);
-    assert!(
-        run.stderr.contains("no kubeconfig for the kubemark master"),
-        "{}",
-        run.stderr
-    );
+        .assert_code(2)
+        .stderr_has(&["is in the repository `other`, not `kubemark`"]);
+    c.xtask(Args::new(&["deploy", "--replicas", "2"]))
+        .await
+        .assert_code(2)
+        .stderr_has(&["no kubeconfig for the kubemark master"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -888,15 +769,13 @@ async fn missing_permissions_are_listed_before_anything_is_created() {
         |_| {},
     )
     .await;
-    let run = c.deploy(&["--replicas", "2"]).await;
-    run.assert_code(1);
-    assert!(run.stderr.contains("the external cluster does not allow what deploy needs: patch replicationcontrollers in kubemark"), "{}", run.stderr);
-    assert!(
-        c.external
-            .store()
-            .get(idx::NAMESPACES, "", "kubemark")
-            .is_none()
-    );
+    c.deploy(&["--replicas", "2"])
+        .await
+        .assert_code(1)
+        .stderr_has(&[
+            "the external cluster does not allow what deploy needs: patch replicationcontrollers in kubemark",
+        ]);
+    assert!(!c.has(idx::NAMESPACES, "", "kubemark"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -914,13 +793,10 @@ async fn five_hundred_nodes_converge_under_faults() {
         faulty,
     )
     .await;
-    let run = c.deploy(&["--replicas", "500"]).await;
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains("500 hollow nodes Ready"),
-        "{}",
-        run.stdout
-    );
+    c.deploy(&["--replicas", "500"])
+        .await
+        .assert_code(0)
+        .stdout_has(&["500 hollow nodes Ready"]);
     assert_eq!(
         c.master_nodes(),
         (500, 500),
@@ -936,37 +812,16 @@ async fn five_hundred_nodes_converge_under_faults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ctrl_c_mid_wait_leaves_everything_and_a_rerun_finishes() {
     let c = Clusters::start(|e| e.timing.kubelet_delay = Duration::from_secs(4), |_| {}).await;
-    let args = c.args(
-        &[],
-        &[
-            "--replicas",
-            "5",
-            "--image",
-            "127.0.0.1:5000/kubemark:v1.33.0",
-        ],
-    );
+    let args = c.args(&[]).flags(&["--replicas", "5", "--image", IMAGE]);
     let env = Arc::clone(&c.env);
     let (code, stderr) = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = env.spawn(&refs);
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut seen = String::new();
-            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-                let line = line.unwrap();
-                if line.starts_with("==> wait") {
-                    let _ = tx.send(());
-                }
-                seen.push_str(&line);
-                seen.push('\n');
-            }
-            seen
-        });
-        rx.recv_timeout(Duration::from_secs(30))
+        let mut child = env.spawn(&args);
+        let (waiting, reader) = support::watch_stderr(&mut child, "==> wait");
+        waiting
+            .recv_timeout(Duration::from_secs(30))
             .expect("the wait starts");
         std::thread::sleep(Duration::from_millis(500));
-        support::sh("kill", &["-INT", &child.id().to_string()], None);
+        support::interrupt(&child);
         let status = child.wait().unwrap();
         (status.code(), reader.join().unwrap())
     })
@@ -975,20 +830,13 @@ async fn ctrl_c_mid_wait_leaves_everything_and_a_rerun_finishes() {
     assert_eq!(code, Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(
-        c.external
-            .store()
-            .get(idx::RCS, "kubemark", "hollow-node")
-            .is_some(),
+        c.has(idx::RCS, "kubemark", "hollow-node"),
         "everything stays as it is"
     );
-    let run = c.deploy(&["--replicas", "5"]).await;
-    run.assert_code(0);
-    assert!(
-        run.stderr
-            .contains("ReplicationController hollow-node unchanged"),
-        "{}",
-        run.stderr
-    );
+    c.deploy(&["--replicas", "5"])
+        .await
+        .assert_code(0)
+        .stderr_has(&["ReplicationController hollow-node unchanged"]);
     assert_eq!(c.master_nodes(), (5, 5));
 }
 
@@ -1003,24 +851,13 @@ async fn destroy_that_cannot_list_what_it_made_fails_without_claiming_success() 
     .await;
     c.deploy(&["--replicas", "2"]).await.assert_code(0);
     let run = c.run(&["destroy"], &[]).await;
-    run.assert_code(1);
+    // The failed step is named, and there is no success line.
+    run.assert_code(1)
+        .stderr_has(&["listing secrets"])
+        .never_prints(&["destroyed"]);
     assert!(
-        run.stderr.contains("listing secrets"),
-        "the failed step is named: {}",
-        run.stderr
-    );
-    assert!(
-        c.external
-            .store()
-            .get(idx::SECRETS, "kubemark", "kubeconfig")
-            .is_some(),
+        c.has(idx::SECRETS, "kubemark", "kubeconfig"),
         "the secret it could not see is not reported deleted, and is still there"
-    );
-    assert!(
-        !run.stdout.contains("destroyed") && !run.stderr.contains("destroyed"),
-        "no success line: {}{}",
-        run.stdout,
-        run.stderr
     );
 }
 
@@ -1043,10 +880,6 @@ fn kubectl(c: &Clusters, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn has(c: &Clusters, res: usize, ns: &str, name: &str) -> bool {
-    c.external.store().get(res, ns, name).is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1076,14 +909,10 @@ async fn a_namespace_that_existed_is_used_but_never_taken_over_or_deleted() {
             "--from-literal=a=b",
         ],
     );
-    let run = c.deploy(&["--namespace", "pre", "--replicas", "3"]).await;
-    run.assert_code(0);
-    assert!(
-        run.stderr
-            .contains("namespace pre exists and deploy did not create it"),
-        "{}",
-        run.stderr
-    );
+    c.deploy(&["--namespace", "pre", "--replicas", "3"])
+        .await
+        .assert_code(0)
+        .stderr_has(&["namespace pre exists and deploy did not create it"]);
     let ns = c.external.store().get(idx::NAMESPACES, "", "pre").unwrap();
     assert!(
         ns.value
@@ -1097,53 +926,42 @@ async fn a_namespace_that_existed_is_used_but_never_taken_over_or_deleted() {
         ns.value["metadata"]
     );
 
-    let run = c.run(&["destroy"], &["--namespace", "pre"]).await;
-    run.assert_code(0);
-    assert!(
-        run.stdout
-            .contains("destroyed: 1 ReplicationController(s) with 3 pod(s), 1 secret(s)"),
-        "{}",
-        run.stdout
-    );
-    for line in [
-        "left: namespace pre: kept, deploy did not create it",
-        "left: ConfigMap pre/user-notes (managed by kubectl-create): not deploy's",
-        "left: Secret pre/user-secret (managed by kubectl-create): not deploy's",
-    ] {
-        assert!(run.stdout.contains(line), "{line}: {}", run.stdout);
-    }
-    assert!(has(&c, idx::NAMESPACES, "", "pre"));
-    assert!(has(&c, idx::SECRETS, "pre", "user-secret"));
-    assert!(has(&c, idx::CONFIGMAPS, "pre", "user-notes"));
-    assert!(!has(&c, idx::SECRETS, "pre", "kubeconfig"));
-    assert!(!has(&c, idx::RCS, "pre", "hollow-node"));
+    c.run(&["destroy"], &["--namespace", "pre"])
+        .await
+        .assert_code(0)
+        .stdout_has(&[
+            "destroyed: 1 ReplicationController(s) with 3 pod(s), 1 secret(s)",
+            "left: namespace pre: kept, deploy did not create it",
+            "left: ConfigMap pre/user-notes (managed by kubectl-create): not deploy's",
+            "left: Secret pre/user-secret (managed by kubectl-create): not deploy's",
+        ]);
+    assert!(c.has(idx::NAMESPACES, "", "pre"));
+    assert!(c.has(idx::SECRETS, "pre", "user-secret"));
+    assert!(c.has(idx::CONFIGMAPS, "pre", "user-notes"));
+    assert!(!c.has(idx::SECRETS, "pre", "kubeconfig"));
+    assert!(!c.has(idx::RCS, "pre", "hollow-node"));
     assert_eq!(c.external.store().list(idx::PODS, Some("pre")).0.len(), 0);
 
     // The cluster's own namespaces are never a target, for deploy or destroy.
     for ns in ["kube-system", "default", "kube-public", "kube-node-lease"] {
-        let run = c.deploy(&["--namespace", ns, "--replicas", "1"]).await;
-        run.assert_code(2);
-        assert!(
-            run.stderr.contains("one of the cluster's own namespaces"),
-            "{ns}: {}",
-            run.stderr
-        );
-        let run = c.run(&["destroy"], &["--namespace", ns]).await;
-        run.assert_code(2);
+        c.deploy(&["--namespace", ns, "--replicas", "1"])
+            .await
+            .assert_code(2)
+            .stderr_has(&["one of the cluster's own namespaces"]);
+        c.run(&["destroy"], &["--namespace", ns])
+            .await
+            .assert_code(2);
     }
-    assert!(!has(&c, idx::RCS, "kube-system", "hollow-node"));
+    assert!(!c.has(idx::RCS, "kube-system", "hollow-node"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_namespace_deploy_created_is_kept_while_it_holds_what_deploy_did_not_make() {
     let c = Clusters::default().await;
-    let run = c.deploy(&["--replicas", "2"]).await;
-    run.assert_code(0);
-    assert!(
-        run.stderr.contains("created namespace kubemark"),
-        "{}",
-        run.stderr
-    );
+    c.deploy(&["--replicas", "2"])
+        .await
+        .assert_code(0)
+        .stderr_has(&["created namespace kubemark"]);
     // Somebody else puts something in it.
     kubectl(
         &c,
@@ -1156,30 +974,22 @@ async fn a_namespace_deploy_created_is_kept_while_it_holds_what_deploy_did_not_m
             "--from-literal=a=b",
         ],
     );
-    let run = c.run(&["destroy"], &[]).await;
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains(
-            "left: namespace kubemark: kept, deploy created it, but it holds what deploy did not make"
-        ) && run.stdout.contains("left: ConfigMap kubemark/notes"),
-        "{}",
-        run.stdout
-    );
-    assert!(has(&c, idx::CONFIGMAPS, "kubemark", "notes"));
-    assert!(has(&c, idx::NAMESPACES, "", "kubemark"));
-    assert!(!has(&c, idx::RCS, "kubemark", "hollow-node"));
+    c.run(&["destroy"], &[]).await.assert_code(0).stdout_has(&[
+        "left: namespace kubemark: kept, deploy created it, but it holds what deploy did not make",
+        "left: ConfigMap kubemark/notes",
+    ]);
+    assert!(c.has(idx::CONFIGMAPS, "kubemark", "notes"));
+    assert!(c.has(idx::NAMESPACES, "", "kubemark"));
+    assert!(!c.has(idx::RCS, "kubemark", "hollow-node"));
     assert_eq!(c.master_nodes(), (0, 0));
     // Once it holds only what the cluster puts in every namespace, it goes.
     kubectl(&c, &["-n", "kubemark", "delete", "configmap", "notes"]);
-    let run = c.run(&["destroy"], &[]).await;
-    run.assert_code(0);
-    assert!(
-        run.stdout
-            .contains("0 secret(s), 0 configmap(s), the namespace, 0 hollow node(s)"),
-        "only the namespace was left to delete: {}",
-        run.stdout
-    );
-    assert!(!has(&c, idx::NAMESPACES, "", "kubemark"));
+    // Only the namespace was left to delete.
+    c.run(&["destroy"], &[])
+        .await
+        .assert_code(0)
+        .stdout_has(&["0 secret(s), 0 configmap(s), the namespace, 0 hollow node(s)"]);
+    assert!(!c.has(idx::NAMESPACES, "", "kubemark"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1203,48 +1013,35 @@ async fn objects_with_our_names_that_are_not_ours_are_refused_unless_adopted() {
         .store()
         .get(idx::SECRETS, "shared", "kubeconfig")
         .unwrap();
-    let run = c
-        .deploy(&["--namespace", "shared", "--replicas", "2"])
-        .await;
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("already exist in namespace shared and are not deploy's")
-            && run
-                .stderr
-                .contains("Secret shared/kubeconfig (managed by kubectl-create)")
-            && run.stderr.contains("--adopt"),
-        "{}",
-        run.stderr
-    );
+    c.deploy(&["--namespace", "shared", "--replicas", "2"])
+        .await
+        .assert_code(1)
+        .stderr_has(&[
+            "already exist in namespace shared and are not deploy's",
+            "Secret shared/kubeconfig (managed by kubectl-create)",
+            "--adopt",
+        ]);
     let after = c
         .external
         .store()
         .get(idx::SECRETS, "shared", "kubeconfig")
         .unwrap();
     assert_eq!(before.rv, after.rv, "the user's secret is untouched");
-    assert!(
-        !has(&c, idx::RCS, "shared", "hollow-node"),
-        "nothing written"
-    );
+    assert!(!c.has(idx::RCS, "shared", "hollow-node"), "nothing written");
 
-    let run = c
-        .deploy(&["--namespace", "shared", "--replicas", "2", "--adopt"])
-        .await;
-    run.assert_code(0);
+    c.deploy(&["--namespace", "shared", "--replicas", "2", "--adopt"])
+        .await
+        .assert_code(0)
+        .stderr_has(&["taking over Secret shared/kubeconfig"]);
+    c.run(&["destroy"], &["--namespace", "shared"])
+        .await
+        .assert_code(0);
     assert!(
-        run.stderr.contains("taking over Secret shared/kubeconfig"),
-        "{}",
-        run.stderr
-    );
-    let run = c.run(&["destroy"], &["--namespace", "shared"]).await;
-    run.assert_code(0);
-    assert!(
-        !has(&c, idx::SECRETS, "shared", "kubeconfig"),
+        !c.has(idx::SECRETS, "shared", "kubeconfig"),
         "adopted: deploy's now"
     );
     assert!(
-        has(&c, idx::NAMESPACES, "", "shared"),
+        c.has(idx::NAMESPACES, "", "shared"),
         "the namespace was not deploy's"
     );
 }
@@ -1266,17 +1063,14 @@ async fn destroy_retries_broken_watches_and_names_the_side_when_time_runs_out() 
         .unwrap();
     let watch_fails = kubemark_sim::Faults::parse_errors("watch:nodes:500:1").unwrap();
     c.master.shared().injector.set_errors(watch_fails);
-    let run = c.run(&["destroy"], &["--timeout", "6s"]).await;
-    run.assert_code(1);
-    assert!(
-        run.stderr.contains("the kubemark master failed while waiting for the hollow nodes of namespace kubemark to go")
-            && run.stderr.contains(&held)
-            && run.stderr.contains("the last watch error")
-            && run.stderr.contains("(500)"),
-        "{}",
-        run.stderr
-    );
-    assert!(!run.stdout.contains("destroyed"), "{}", run.stdout);
+    c.run(&["destroy"], &["--timeout", "6s"]).await.assert_code(1)
+        .stderr_has(&[
+            "the kubemark master failed while waiting for the hollow nodes of namespace kubemark to go",
+            &held,
+            "the last watch error",
+            "(500)",
+        ])
+        .stdout_lacks(&["destroyed"]);
 
     // Watches that fail half the time and streams cut after every event: the
     // wait goes on through them and ends when the node is really gone.
@@ -1312,29 +1106,22 @@ async fn destroy_deletes_nothing_unless_both_clusters_answer_and_allow_it() {
     )
     .await;
     c.deploy(&["--replicas", "2"]).await.assert_code(0);
-    let run = c.run(&["destroy"], &[]).await;
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("the external cluster does not allow what deploy needs: delete namespaces"),
-        "{}",
-        run.stderr
-    );
-    assert!(has(&c, idx::RCS, "kubemark", "hollow-node"));
-    assert!(has(&c, idx::SECRETS, "kubemark", "kubeconfig"));
+    c.run(&["destroy"], &[])
+        .await
+        .assert_code(1)
+        .stderr_has(&["the external cluster does not allow what deploy needs: delete namespaces"]);
+    assert!(c.has(idx::RCS, "kubemark", "hollow-node"));
+    assert!(c.has(idx::SECRETS, "kubemark", "kubeconfig"));
 
     // The master is down: nothing on the external side is touched either.
     c.master.shutdown();
-    let run = c.run(&["destroy"], &[]).await;
-    run.assert_code(1);
-    assert!(
-        run.stderr.contains("cannot reach the kubemark master"),
-        "{}",
-        run.stderr
-    );
-    assert!(has(&c, idx::RCS, "kubemark", "hollow-node"));
-    assert!(has(&c, idx::SECRETS, "kubemark", "kubeconfig"));
-    assert!(has(&c, idx::NAMESPACES, "", "kubemark"));
+    c.run(&["destroy"], &[])
+        .await
+        .assert_code(1)
+        .stderr_has(&["cannot reach the kubemark master"]);
+    assert!(c.has(idx::RCS, "kubemark", "hollow-node"));
+    assert!(c.has(idx::SECRETS, "kubemark", "kubeconfig"));
+    assert!(c.has(idx::NAMESPACES, "", "kubemark"));
     assert_eq!(c.external_pods(), 2);
 }
 
@@ -1342,38 +1129,38 @@ async fn destroy_deletes_nothing_unless_both_clusters_answer_and_allow_it() {
 async fn dry_run_checks_both_clusters_and_writes_nothing() {
     let c = Clusters::default().await;
     let run = c.deploy(&["--replicas", "3", "--dry-run"]).await;
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains("kind: ReplicationController")
-            && run
-                .stdout
-                .contains("dry run: both clusters checked, nothing written"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        !run.stdout.contains("certificate-authority-data"),
-        "secrets redacted"
-    );
-    assert!(run.stderr.contains("room for"), "{}", run.stderr);
-    assert!(!has(&c, idx::NAMESPACES, "", "kubemark"));
+    // Secrets redacted.
+    run.assert_code(0)
+        .stdout_has(&[
+            "kind: ReplicationController",
+            "dry run: both clusters checked, nothing written",
+        ])
+        .stdout_lacks(&["certificate-authority-data"])
+        .stderr_has(&["room for"]);
+    assert!(!c.has(idx::NAMESPACES, "", "kubemark"));
     // It checks for real: a cluster that refuses is an error, as in deploy.
     let c = Clusters::start(
         |e| e.deny = vec![("patch".into(), "secrets".into())],
         |_| {},
     )
     .await;
-    let run = c.deploy(&["--replicas", "3", "--dry-run"]).await;
-    run.assert_code(1);
-    assert!(
-        run.stderr.contains("patch secrets in kubemark"),
-        "{}",
-        run.stderr
-    );
+    c.deploy(&["--replicas", "3", "--dry-run"])
+        .await
+        .assert_code(1)
+        .stderr_has(&["patch secrets in kubemark"]);
 }
 
-/// `deploy render` with the master kubeconfig of `MASTER_KUBECONFIG` (server
-/// replaced by `server`) and `extra`: checks everything, touches no cluster.
+/// What `deploy render` needs besides the master's kubeconfig: one hollow
+/// node of a valid image.
+const ONE_NODE: [&str; 4] = ["--replicas", "1", "--image", "r.io/kubemark:v1"];
+
+/// `deploy render` with the master kubeconfig `MASTER_KUBECONFIG` and `extra`:
+/// checks everything, touches no cluster.
+fn render(env: &Env, extra: &[&str]) -> Run {
+    render_master(env, MASTER_KUBECONFIG, extra)
+}
+
+/// `render` with the server of `MASTER_KUBECONFIG` replaced by `server`.
 fn render_with(env: &Env, server: &str, extra: &[&str]) -> Run {
     render_master(
         env,
@@ -1416,48 +1203,27 @@ fn every_image_reference_is_checked_by_the_one_grammar_and_kept_as_given() {
             "is not `sha256:` followed by 64",
         ),
     ] {
-        let run = render_with(
-            &env,
-            "https://10.1.2.3:6443",
-            &["--replicas", "1", "--image", image],
-        );
-        assert_eq!(run.code, 2, "{image}: {}", run.stderr);
-        assert!(
-            run.stderr.contains("--image: invalid image reference") && run.stderr.contains(expect),
-            "{image}: expected {expect:?} in {}",
-            run.stderr
-        );
+        let run = render(&env, &["--replicas", "1", "--image", image]);
+        run.assert_code(2)
+            .stderr_has(&["--image: invalid image reference", expect]);
         assert!(run.stdout.is_empty(), "{image}: nothing rendered");
     }
     // The registry and tag flags go through the same grammar.
-    let run = render_with(
+    render(
         &env,
-        "https://10.1.2.3:6443",
         &["--replicas", "1", "--registry", "http://x", "--tag", "v1"],
-    );
-    run.assert_code(2);
-    assert!(
-        run.stderr
-            .contains("give it without the scheme (`http://`), e.g. `x`"),
-        "{}",
-        run.stderr
-    );
+    )
+    .assert_code(2)
+    .stderr_has(&["give it without the scheme (`http://`), e.g. `x`"]);
     // A digest-only reference stays as given; a tag and digest too.
     for image in [
         format!("r.io/kubemark@{digest}"),
         format!("r.io/p/kubemark:v1.33.0@{digest}"),
     ] {
-        let run = render_with(
-            &env,
-            "https://10.1.2.3:6443",
-            &["--replicas", "1", "--image", &image],
-        );
-        run.assert_code(0);
-        assert!(
-            run.stdout.contains(&format!("image: {image}\n")) && !run.stdout.contains("latest@"),
-            "{image}: {}",
-            run.stdout
-        );
+        render(&env, &["--replicas", "1", "--image", &image])
+            .assert_code(0)
+            .stdout_has(&[&format!("image: {image}\n")])
+            .stdout_lacks(&["latest@"]);
     }
 }
 
@@ -1474,31 +1240,20 @@ fn every_spelling_of_a_loopback_master_is_refused_with_the_address_it_stands_for
         ("2130706433", "127.0.0.1"),
         ("0x7f000001", "127.0.0.1"),
     ] {
-        let run = render_with(
-            &env,
-            &format!("https://{host}:6443"),
-            &["--replicas", "1", "--image", "r.io/kubemark:v1"],
-        );
+        let run = render_with(&env, &format!("https://{host}:6443"), &ONE_NODE);
         assert_eq!(run.code, 2, "{host}: {}", run.stderr);
-        assert!(
-            run.stderr.contains(&format!(
+        run.stderr_has(&[
+            &format!(
                 "is this machine: {}",
                 host.trim_start_matches('[').trim_end_matches(']')
-            )) && run.stderr.contains(means),
-            "{host}: {}",
-            run.stderr
-        );
+            ),
+            means,
+        ]);
         // Allowed on purpose, it renders (pods on the host network).
         let run = render_with(
             &env,
             &format!("https://{host}:6443"),
-            &[
-                "--replicas",
-                "1",
-                "--image",
-                "r.io/kubemark:v1",
-                "--allow-loopback-master",
-            ],
+            &[&ONE_NODE[..], &["--allow-loopback-master"]].concat(),
         );
         assert_eq!(run.code, 0, "{host}: {}", run.stderr);
     }
@@ -1507,123 +1262,74 @@ fn every_spelling_of_a_loopback_master_is_refused_with_the_address_it_stands_for
 #[test]
 fn a_master_kubeconfig_of_the_wrong_shape_is_said_as_such() {
     let env = Env::new();
-    let run = render_master(
+    render_master(
         &env,
         "apiVersion: v1\nkind: Config\nclusters: 42\n",
-        &["--replicas", "1", "--image", "r.io/kubemark:v1"],
-    );
-    run.assert_code(2);
-    assert!(
-        run.stderr.contains("`clusters` is a number, not a list"),
-        "{}",
-        run.stderr
-    );
+        &ONE_NODE,
+    )
+    .assert_code(2)
+    .stderr_has(&["`clusters` is a number, not a list"]);
 }
 
 #[test]
 fn a_malformed_users_entry_is_named_without_printing_its_token() {
     let env = Env::new();
-    let run = render_master(
+    render_master(
         &env,
         "apiVersion: v1\nkind: Config\nusers:\n  name: admin\n  user: {token: s3cr3t-t0ken}\n",
-        &["--replicas", "1", "--image", "r.io/kubemark:v1"],
-    );
-    run.assert_code(2);
-    assert!(
-        run.stderr.contains("`users` is a mapping, not a list"),
-        "{}",
-        run.stderr
-    );
-    assert!(!run.stderr.contains("s3cr3t") && !run.stdout.contains("s3cr3t"));
+        &ONE_NODE,
+    )
+    .assert_code(2)
+    .stderr_has(&["`users` is a mapping, not a list"])
+    .never_prints(&["s3cr3t"]);
 }
 
 #[test]
 fn flags_in_the_environment_are_named_as_the_environment() {
     let mut env = Env::new();
     env.set("KUBEMARK_REPLICAS", "abc");
-    let run = render_with(
-        &env,
-        "https://10.1.2.3:6443",
-        &["--image", "r.io/kubemark:v1"],
-    );
-    run.assert_code(2);
-    assert!(
-        run.stderr
-            .contains("KUBEMARK_REPLICAS `abc` is not a number of hollow nodes"),
-        "{}",
-        run.stderr
-    );
+    render(&env, &["--image", "r.io/kubemark:v1"])
+        .assert_code(2)
+        .stderr_has(&["KUBEMARK_REPLICAS `abc` is not a number of hollow nodes"]);
     let mut env = Env::new();
     env.set("KUBEMARK_IMAGE", "r.io/kubemark:-x");
     env.set("KUBEMARK_REPLICAS", "2");
-    let run = render_with(&env, "https://10.1.2.3:6443", &[]);
-    run.assert_code(2);
-    assert!(
-        run.stderr
-            .contains("KUBEMARK_IMAGE: invalid image reference"),
-        "{}",
-        run.stderr
-    );
+    render(&env, &[])
+        .assert_code(2)
+        .stderr_has(&["KUBEMARK_IMAGE: invalid image reference"]);
     let mut env = Env::new();
     env.set("KUBEMARK_NODE_LABELS", "zone");
-    let run = render_with(
-        &env,
-        "https://10.1.2.3:6443",
-        &["--replicas", "1", "--image", "r.io/kubemark:v1"],
-    );
-    run.assert_code(2);
-    assert!(
-        run.stderr
-            .contains("KUBEMARK_NODE_LABELS: `zone` is not key=value"),
-        "{}",
-        run.stderr
-    );
+    render(&env, &ONE_NODE)
+        .assert_code(2)
+        .stderr_has(&["KUBEMARK_NODE_LABELS: `zone` is not key=value"]);
     let env = Env::new();
     std::fs::write(
         env.path("kubemark.toml"),
         "[deploy]\nkubelet-cpu = \"fast\"\n",
     )
     .unwrap();
-    let run = render_with(
-        &env,
-        "https://10.1.2.3:6443",
-        &["--replicas", "1", "--image", "r.io/kubemark:v1"],
-    );
-    run.assert_code(2);
-    assert!(
-        run.stderr.contains("kubelet-cpu under [deploy] in")
-            && run.stderr.contains("`fast` is not a CPU quantity"),
-        "{}",
-        run.stderr
-    );
+    render(&env, &ONE_NODE).assert_code(2).stderr_has(&[
+        "kubelet-cpu under [deploy] in",
+        "`fast` is not a CPU quantity",
+    ]);
     let env = Env::new();
     std::fs::write(env.path("kubemark.toml"), "[deploy]\ntimeout = \"0\"\n").unwrap();
-    let run = render_with(
-        &env,
-        "https://10.1.2.3:6443",
-        &["--replicas", "1", "--image", "r.io/kubemark:v1"],
-    );
-    run.assert_code(2);
-    assert!(
-        run.stderr.contains("timeout under [deploy] in")
-            && run.stderr.contains("a timeout of zero"),
-        "{}",
-        run.stderr
-    );
+    render(&env, &ONE_NODE)
+        .assert_code(2)
+        .stderr_has(&["timeout under [deploy] in", "a timeout of zero"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_huge_replica_count_grows_in_bursts_while_the_simulator_keeps_serving() {
     let c = Clusters::start(|e| e.workers = 1, |_| {}).await;
-    let run = c
-        .deploy(&[
-            "--replicas",
-            "100000000",
-            "--skip-capacity-check",
-            "--no-wait",
-        ])
-        .await;
-    run.assert_code(0);
+    c.deploy(&[
+        "--replicas",
+        "100000000",
+        "--skip-capacity-check",
+        "--no-wait",
+    ])
+    .await
+    .assert_code(0);
     // The controller starts, and works through the replicas in bursts...
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while c.external_pods() < 2 * 500 && std::time::Instant::now() < deadline {
@@ -1701,36 +1407,21 @@ async fn a_cluster_that_does_not_answer_says_why_and_what_to_do() {
             .env
             .path(&format!("{}.kubeconfig", name.replace([' ', ':'], "-")));
         std::fs::write(&file, kubeconfig).unwrap();
-        let mut args = c.args(&[], &["--replicas", "2", "--image", "r.io/kubemark:v1"]);
-        let i = args
-            .iter()
-            .position(|a| a == "--external-kubeconfig")
-            .unwrap();
-        args[i + 1] = file.display().to_string();
-        let env = Arc::clone(&c.env);
+        let args =
+            c.args_against(&file, &[])
+                .flags(&["--replicas", "2", "--image", "r.io/kubemark:v1"]);
         let started = std::time::Instant::now();
-        let run = tokio::task::spawn_blocking(move || {
-            env.xtask(&args.iter().map(String::as_str).collect::<Vec<_>>())
-        })
-        .await
-        .unwrap();
+        let run = c.xtask(args).await;
         let took = started.elapsed();
         assert_ne!(run.code, 0, "{name}");
-        assert!(
-            run.stderr.contains(message) && run.stderr.contains(hint),
-            "{name}: expected {message:?} and {hint:?} in {}",
-            run.stderr
-        );
-        assert!(
-            !run.stderr.contains("ERROR") && !run.stderr.contains('\u{1b}'),
-            "{name}: no raw log lines, no colour off a terminal: {}",
-            run.stderr
-        );
+        // No raw log lines, no colour off a terminal.
+        run.stderr_has(&[message, hint])
+            .stderr_lacks(&["ERROR", "\u{1b}"]);
         assert!(
             took < Duration::from_secs(10),
             "{name}: a refusal is not retried for seconds ({took:?})"
         );
-        assert!(!has(&c, idx::NAMESPACES, "", "kubemark"));
+        assert!(!c.has(idx::NAMESPACES, "", "kubemark"));
     }
 }
 
@@ -1752,35 +1443,17 @@ async fn a_ready_hollow_node_no_pod_of_ours_runs_is_left_by_scale_down_and_destr
         )
         .unwrap();
     // A scale-down deletes the Node of the pod that went, not the other one.
-    let run = c.deploy(&["--replicas", "2"]).await;
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains("deleted 1 stale hollow node(s)"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        c.master
-            .store()
-            .get(idx::NODES, "", "hollow-node-other")
-            .is_some()
-    );
-    let run = c.run(&["destroy"], &[]).await;
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains("left: Node hollow-node-other on the master: labelled for namespace kubemark and Ready, but no pod of this deploy runs it"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("2 hollow node(s) on the master"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        c.master
-            .store()
-            .get(idx::NODES, "", "hollow-node-other")
-            .is_some()
-    );
+    c.deploy(&["--replicas", "2"])
+        .await
+        .assert_code(0)
+        .stdout_has(&["deleted 1 stale hollow node(s)"]);
+    assert!(c.master_has_node("hollow-node-other"));
+    c.run(&["destroy"], &[])
+        .await
+        .assert_code(0)
+        .stdout_has(&[
+            "left: Node hollow-node-other on the master: labelled for namespace kubemark and Ready, but no pod of this deploy runs it",
+            "2 hollow node(s) on the master",
+        ]);
+    assert!(c.master_has_node("hollow-node-other"));
 }

@@ -6,10 +6,11 @@
 
 mod support;
 
+use std::ffi::OsStr;
 use std::path::Path;
 
 use support::{
-    Env, Fixture, GitDaemon, GitHttps, GitSsh, Registry, SshAgent, docker, sh, sha256_hex,
+    Args, Env, Fixture, GitDaemon, GitHttps, GitSsh, Registry, SshAgent, docker, sh, sha256_hex,
 };
 
 /// One fixture repository served by git daemon.
@@ -40,45 +41,65 @@ fn git_status(dir: &Path) -> String {
     sh("git", &["status", "--porcelain", "--ignored=no"], Some(dir))
 }
 
+/// `HEAD` of the checkout in `dir`.
+fn git_head(dir: &Path) -> String {
+    sh("git", &["rev-parse", "HEAD"], Some(dir))
+}
+
+fn is_shallow(dir: &Path) -> bool {
+    sh("git", &["rev-parse", "--is-shallow-repository"], Some(dir)) == "true"
+}
+
+/// `image --no-push` of `url` into `src` as `kubemark-test.local/kubemark:<tag>`.
+fn build_from(url: impl AsRef<OsStr>, src: &Path, tag: &str) -> Args {
+    Args::image("kubemark-test.local", tag, url, src).flags(&["--no-push"])
+}
+
+/// `image --no-push` of `url` into `src` as `kubemark:v1`, with no registry.
+fn build_unnamed(url: &str, src: &Path) -> Args {
+    Args::new(&["image", "--no-push", "--tag", "v1"])
+        .opt("--kubernetes-repo", url)
+        .opt("--source-dir", src)
+}
+
+/// An image that is built and not pushed, under a tag of its own: `prefix`
+/// and a free port. Removed on drop.
+struct Local {
+    tag: String,
+    /// `kubemark-test.local/kubemark:<tag>`.
+    image: String,
+    _cleanup: docker::Cleanup,
+}
+
+fn local_image(prefix: &str) -> Local {
+    let tag = format!("{prefix}{}", support::free_port());
+    let image = format!("kubemark-test.local/kubemark:{tag}");
+    Local {
+        tag,
+        _cleanup: docker::Cleanup(vec![image.clone()]),
+        image,
+    }
+}
+
 #[test]
 fn fresh_clone_is_built_pushed_and_pulled_back_then_updates_are_picked_up() {
     let registry = Registry::start();
     let upstream = Upstream::new();
     let env = Env::new();
     let src = env.path("src/kubernetes");
-    let src_arg = src.to_str().unwrap();
     let url = upstream.url();
     let image = format!("{}/kubemark:v1", registry.addr);
     let _cleanup = docker::Cleanup(vec![image.clone()]);
-    let args = [
-        "image",
-        "--tag",
-        "v1",
-        "--registry",
-        &registry.addr,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src_arg,
-    ];
+    let args = Args::image(&registry.addr, "v1", &url, &src);
 
     // Fresh clone → image pushed.
     let run = env.xtask(&args);
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains(&format!("pushed {image}@sha256:")),
-        "{}",
-        run.stdout
-    );
-    assert!(run.stderr.contains("==> source: cloning"), "{}", run.stderr);
+    run.assert_code(0)
+        .stdout_has(&[&format!("pushed {image}@sha256:")])
+        .stderr_has(&["==> source: cloning", ": COPY kubemark /kubemark"]);
     assert!(
         run.stderr.contains("receiving objects") || run.stderr.contains("received "),
         "transfer progress is logged: {}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains(": COPY kubemark /kubemark"),
-        "{}",
         run.stderr
     );
     let head1 = upstream.fixture.head().unwrap();
@@ -93,11 +114,8 @@ fn fresh_clone_is_built_pushed_and_pulled_back_then_updates_are_picked_up() {
     assert_eq!(record["image"], format!("{image}@{digest1}").as_str());
 
     // The checkout: shallow, one commit, clean, no stray binary copied into the context.
-    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), head1);
-    assert_eq!(
-        sh("git", &["rev-parse", "--is-shallow-repository"], Some(&src)),
-        "true"
-    );
+    assert_eq!(git_head(&src), head1);
+    assert!(is_shallow(&src));
     assert_eq!(git_status(&src), "");
     assert!(!src.join("cluster/images/kubemark/kubemark").exists());
     let binary = std::fs::read(src.join("_output/bin/kubemark")).unwrap();
@@ -117,43 +135,34 @@ fn fresh_clone_is_built_pushed_and_pulled_back_then_updates_are_picked_up() {
     assert_eq!(labels["dev.kubemark.dirty"], "false");
     assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 1");
 
-    // Second run: nothing changed, nothing done.
-    let run = env.xtask(&[&args[..], &["--output", "json"]].concat());
-    run.assert_code(0);
+    // Second run: nothing changed, nothing done (no build).
+    let run = env.xtask(&args.with(&["--output", "json"]));
+    run.assert_code(0).stderr_lacks(&["==> image"]);
     let out = run.json();
     assert_eq!(out["status"], "up-to-date");
     assert_eq!(out["digest"], digest1.as_str());
-    assert!(
-        !run.stderr.contains("==> image"),
-        "no build on a no-op run: {}",
-        run.stderr
-    );
     assert_eq!(registry.digest("kubemark", "v1").unwrap(), digest1);
 
     // A new upstream commit is picked up.
     upstream.fixture.set_version("2").unwrap();
     let head2 = upstream.fixture.commit("version 2").unwrap();
-    let run = env.xtask(&args);
-    run.assert_code(0);
-    assert!(
-        run.stderr.contains("==> source: updating"),
-        "{}",
-        run.stderr
-    );
+    env.xtask(&args)
+        .assert_code(0)
+        .stderr_has(&["==> source: updating"]);
     let record = env.record();
     assert_eq!(record["commit"], head2.as_str());
     let digest2 = registry.digest("kubemark", "v1").unwrap();
     assert_ne!(digest2, digest1);
     assert_eq!(record["digest"], digest2.as_str());
-    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), head2);
+    assert_eq!(git_head(&src), head2);
     docker::rmi(&image);
     docker::pull(&image);
     assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 2");
 
     // --force rebuilds and pushes although nothing changed.
-    let run = env.xtask(&[&args[..], &["--force"]].concat());
-    run.assert_code(0);
-    assert!(run.stderr.contains("==> push"), "{}", run.stderr);
+    env.xtask(&args.with(&["--force"]))
+        .assert_code(0)
+        .stderr_has(&["==> push"]);
 }
 
 #[test]
@@ -168,66 +177,39 @@ fn a_tag_and_a_commit_can_be_asked_for() {
     let tip = upstream.fixture.commit("version 3").unwrap();
     assert_ne!(later, tip);
     let src = env.path("k");
-    let url = upstream.url();
-    let tag = format!("t{}", support::free_port());
-    let image = format!("kubemark-test.local/kubemark:{tag}");
-    let _cleanup = docker::Cleanup(vec![image.clone()]);
-    let base = [
-        "image",
-        "--no-push",
-        "--registry",
-        "kubemark-test.local",
-        "--tag",
-        &tag,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ];
+    let local = local_image("t");
+    let image = &local.image;
+    let base = build_from(upstream.url(), &src, &local.tag);
 
-    let run = env.xtask(&[&base[..], &["--ref", "v1.0.0"]].concat());
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains(&format!("built {image}")),
-        "{}",
-        run.stdout
-    );
+    env.xtask(&base.with(&["--ref", "v1.0.0"]))
+        .assert_code(0)
+        .stdout_has(&[&format!("built {image}")]);
     let record = env.record();
     assert_eq!(record["commit"], tagged.as_str());
     assert_eq!(record["version"], "v1.0.0");
     assert_eq!(
-        docker::labels(&image)["org.opencontainers.image.version"],
+        docker::labels(image)["org.opencontainers.image.version"],
         "v1.0.0"
     );
-    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 1");
+    assert_eq!(docker::run(image, None, &[]), "kubemark fixture 1");
 
     // A commit that is not the tip of any branch, by its full id.
-    let run = env.xtask(&[&base[..], &["--ref", &later]].concat());
-    run.assert_code(0);
+    env.xtask(&base.with(&["--ref", &later])).assert_code(0);
     assert_eq!(env.record()["commit"], later.as_str());
-    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), later);
-    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 2");
+    assert_eq!(git_head(&src), later);
+    assert_eq!(docker::run(image, None, &[]), "kubemark fixture 2");
 
     // --no-update builds what is checked out, whatever upstream has.
-    let run = env.xtask(&[&base[..], &["--no-update"]].concat());
-    run.assert_code(0);
-    assert!(run.stderr.contains("as it is"), "{}", run.stderr);
+    env.xtask(&base.with(&["--no-update"]))
+        .assert_code(0)
+        .stderr_has(&["as it is"]);
     assert_eq!(env.record()["commit"], later.as_str());
 
     // A ref that does not exist: usage error, similar names, nothing changed.
-    let run = env.xtask(&[&base[..], &["--ref", "v1.0"]].concat());
-    run.assert_code(2);
-    assert!(
-        run.stderr.contains("`v1.0` is not a branch, tag or commit"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("v1.0.0"),
-        "similar names are listed: {}",
-        run.stderr
-    );
-    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), later);
+    env.xtask(&base.with(&["--ref", "v1.0"]))
+        .assert_code(2)
+        .stderr_has(&["`v1.0` is not a branch, tag or commit", "v1.0.0"]);
+    assert_eq!(git_head(&src), later);
 }
 
 #[test]
@@ -235,28 +217,14 @@ fn a_local_path_works_as_the_repository() {
     let upstream = Upstream::new();
     let env = Env::new();
     let src = env.path("k");
-    let tag = format!("p{}", support::free_port());
-    let image = format!("kubemark-test.local/kubemark:{tag}");
-    let _cleanup = docker::Cleanup(vec![image.clone()]);
-    let repo = upstream.fixture.dir.to_str().unwrap();
-    let run = env.xtask(&[
-        "image",
-        "--no-push",
-        "--registry",
-        "kubemark-test.local",
-        "--tag",
-        &tag,
-        "--kubernetes-repo",
-        repo,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ]);
-    run.assert_code(0);
+    let local = local_image("p");
+    env.xtask(&build_from(&upstream.fixture.dir, &src, &local.tag))
+        .assert_code(0);
     assert_eq!(
         env.record()["commit"],
         upstream.fixture.head().unwrap().as_str()
     );
-    assert!(docker::exists(&image));
+    assert!(docker::exists(&local.image));
 }
 
 #[test]
@@ -276,68 +244,27 @@ fn a_local_repository_path_that_is_missing_or_not_a_repository_is_refused_first(
         (not_a_repository.to_str().unwrap(), "not a git repository"),
         (a_file.to_str().unwrap(), "a file, not a directory"),
     ] {
-        for dry_run in [false, true] {
-            let mut args = build_from(repo, &src, &tag);
-            if dry_run {
-                args.push("--dry-run");
-            }
-            let run = env.xtask(&args);
-            run.assert_code(2);
-            assert!(
-                run.stderr
-                    .contains(&format!("error: --kubernetes-repo {repo}: {problem}")),
-                "{repo}: {}",
-                run.stderr
-            );
-            assert!(
-                run.stderr.contains("a kubernetes clone") && run.stderr.contains("URL"),
-                "the hint says what to give instead: {}",
-                run.stderr
-            );
-            assert!(
-                !run.stderr.contains("unsupported URL protocol"),
-                "{}",
-                run.stderr
-            );
+        for extra in [&[][..], &["--dry-run"][..]] {
+            // The hint says what to give instead: a kubernetes clone or a URL.
+            env.xtask(&build_from(repo, &src, &tag).flags(extra))
+                .assert_code(2)
+                .stderr_has(&[
+                    &format!("error: --kubernetes-repo {repo}: {problem}"),
+                    "a kubernetes clone",
+                    "URL",
+                ])
+                .stderr_lacks(&["unsupported URL protocol"]);
             assert!(!src.exists(), "nothing is cloned");
-            assert!(!env.state().join("image.json").exists());
+            assert!(!env.has_record());
         }
     }
     // Named as it was given: the variable.
     env.set("KUBEMARK_KUBERNETES_REPO", &missing);
-    let run = env.xtask(&[
-        "image",
-        "--no-push",
-        "--tag",
-        &tag,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ]);
-    run.assert_code(2);
-    assert!(
-        run.stderr.contains(&format!(
-            "error: KUBEMARK_KUBERNETES_REPO {missing}: no such directory"
-        )),
-        "{}",
-        run.stderr
-    );
+    let args = Args::new(&["image", "--no-push", "--tag", &tag]).opt("--source-dir", &src);
+    env.xtask(&args).assert_code(2).stderr_has(&[&format!(
+        "error: KUBEMARK_KUBERNETES_REPO {missing}: no such directory"
+    )]);
     assert!(!src.exists());
-}
-
-/// `image --no-push` of `url` into `src` as `kubemark-test.local/kubemark:<tag>`.
-fn build_from<'a>(url: &'a str, src: &'a Path, tag: &'a str) -> Vec<&'a str> {
-    vec![
-        "image",
-        "--no-push",
-        "--registry",
-        "kubemark-test.local",
-        "--tag",
-        tag,
-        "--kubernetes-repo",
-        url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ]
 }
 
 #[test]
@@ -349,44 +276,32 @@ fn https_clones_and_updates_with_a_private_ca_and_an_untrusted_certificate_is_ex
     let url = server.url("kubernetes");
     let mut env = Env::new();
     let src = env.path("k");
-    let tag = format!("h{}", support::free_port());
-    let image = format!("kubemark-test.local/kubemark:{tag}");
-    let _cleanup = docker::Cleanup(vec![image.clone()]);
-    let args = build_from(&url, &src, &tag);
+    let local = local_image("h");
+    let image = &local.image;
+    let args = build_from(&url, &src, &local.tag);
 
     // The throw-away CA is not trusted: refused, verification stays on, nothing made.
-    let run = env.xtask(&args);
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains(&format!("cannot reach the kubernetes repository {url}"))
-            && run.stderr.contains("certificate"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("SSL_CERT_FILE"),
-        "the hint names the fix: {}",
-        run.stderr
-    );
+    // The hint names the fix.
+    env.xtask(&args).assert_code(1).stderr_has(&[
+        &format!("cannot reach the kubernetes repository {url}"),
+        "certificate",
+        "SSL_CERT_FILE",
+    ]);
     assert!(!src.exists(), "nothing is cloned");
-    assert!(!docker::exists(&image));
+    assert!(!docker::exists(image));
 
     // Trusted through SSL_CERT_FILE: a shallow clone over smart HTTP, then an update.
     env.set("SSL_CERT_FILE", server.ca.to_str().unwrap());
     env.xtask(&args).assert_code(0);
     assert_eq!(env.record()["commit"], fixture.head().unwrap().as_str());
-    assert_eq!(
-        sh("git", &["rev-parse", "--is-shallow-repository"], Some(&src)),
-        "true"
-    );
-    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 1");
+    assert!(is_shallow(&src));
+    assert_eq!(docker::run(image, None, &[]), "kubemark fixture 1");
     fixture.set_version("2").unwrap();
     let next = fixture.commit("version 2").unwrap();
     env.xtask(&args).assert_code(0);
     assert_eq!(env.record()["commit"], next.as_str());
-    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), next);
-    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 2");
+    assert_eq!(git_head(&src), next);
+    assert_eq!(docker::run(image, None, &[]), "kubemark fixture 2");
 }
 
 #[test]
@@ -405,15 +320,13 @@ fn https_credentials_come_from_git_credential_helpers_and_are_never_printed() {
     let mut env = Env::new();
     env.set("SSL_CERT_FILE", server.ca.to_str().unwrap());
     let src = env.path("k");
-    let tag = format!("c{}", support::free_port());
-    let image = format!("kubemark-test.local/kubemark:{tag}");
-    let _cleanup = docker::Cleanup(vec![image.clone()]);
-    let args = build_from(&url, &src, &tag);
+    let local = local_image("c");
+    let args = build_from(&url, &src, &local.tag);
 
     // No helper: refused, saying where credentials come from.
-    let run = env.xtask(&args);
-    run.assert_code(1);
-    assert!(run.stderr.contains("credential helper"), "{}", run.stderr);
+    env.xtask(&args)
+        .assert_code(1)
+        .stderr_has(&["credential helper"]);
     assert!(!src.exists(), "nothing is cloned");
 
     // git's own `store` helper, configured in ~/.gitconfig as a user would.
@@ -424,21 +337,14 @@ fn https_credentials_come_from_git_credential_helpers_and_are_never_printed() {
         format!("https://builder:{password}@127.0.0.1:{}\n", server.port),
     )
     .unwrap();
-    let run = env.xtask(&[&args[..], &["-v"]].concat());
+    let run = env.xtask(&args.with(&["-v"]));
     run.assert_code(0);
     assert_eq!(env.record()["commit"], fixture.head().unwrap().as_str());
-    assert!(docker::exists(&image));
-    let labels = docker::labels(&image);
-    for text in [
-        &run.stdout,
-        &run.stderr,
-        &serde_json::to_string(&labels).unwrap(),
-    ] {
-        assert!(
-            !text.contains(password),
-            "the password is never printed or labelled"
-        );
-    }
+    assert!(docker::exists(&local.image));
+    // The password is never printed or labelled.
+    run.never_prints(&[password]);
+    let labels = serde_json::to_string(&docker::labels(&local.image)).unwrap();
+    assert!(!labels.contains(password), "the password is never labelled");
 }
 
 #[test]
@@ -454,24 +360,17 @@ fn ssh_clones_with_a_key_file_or_an_agent_and_refuses_unknown_or_changed_host_ke
         "SSH_AUTH_SOCK",
         dir.path().join("no-agent").to_str().unwrap(),
     );
-    let url = server.url("kubernetes");
     let src = env.path("k");
-    let tag = format!("s{}", support::free_port());
-    let image = format!("kubemark-test.local/kubemark:{tag}");
-    let _cleanup = docker::Cleanup(vec![image.clone()]);
-    let args = build_from(&url, &src, &tag);
+    let local = local_image("s");
+    let image = &local.image;
+    let args = build_from(server.url("kubernetes"), &src, &local.tag);
     let known_hosts = home.join(".ssh").join("known_hosts");
 
     // A host not in ~/.ssh/known_hosts: refused, with the command that adds it.
-    let run = env.xtask(&args);
-    run.assert_code(1);
-    assert!(run.stderr.contains("hostkey"), "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains(&format!("ssh-keyscan -p {} 127.0.0.1", server.port)),
-        "{}",
-        run.stderr
-    );
+    env.xtask(&args).assert_code(1).stderr_has(&[
+        "hostkey",
+        &format!("ssh-keyscan -p {} 127.0.0.1", server.port),
+    ]);
     assert!(!src.exists(), "nothing is cloned");
 
     // Known: cloned with the key from ~/.ssh.
@@ -479,7 +378,7 @@ fn ssh_clones_with_a_key_file_or_an_agent_and_refuses_unknown_or_changed_host_ke
     env.xtask(&args).assert_code(0);
     let first = fixture.head().unwrap();
     assert_eq!(env.record()["commit"], first.as_str());
-    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 1");
+    assert_eq!(docker::run(image, None, &[]), "kubemark fixture 1");
 
     // The host key changed (or a man in the middle): refused, the checkout untouched.
     let other = dir.path().join("other_host_key");
@@ -489,20 +388,18 @@ fn ssh_clones_with_a_key_file_or_an_agent_and_refuses_unknown_or_changed_host_ke
     std::fs::write(&known_hosts, line).unwrap();
     fixture.set_version("2").unwrap();
     fixture.commit("version 2").unwrap();
-    let run = env.xtask(&args);
-    run.assert_code(1);
-    assert!(run.stderr.contains("hostkey"), "{}", run.stderr);
-    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), first);
+    env.xtask(&args).assert_code(1).stderr_has(&["hostkey"]);
+    assert_eq!(git_head(&src), first);
     assert_eq!(env.record()["commit"], first.as_str());
 
     // Without a key the server accepts: said so, with where keys are looked for.
     std::fs::write(&known_hosts, &server.known_hosts_line).unwrap();
     let key = dir.path().join("agent_key");
     std::fs::rename(home.join(".ssh").join("id_ed25519"), &key).unwrap();
-    let run = env.xtask(&args);
-    run.assert_code(1);
-    assert!(run.stderr.contains("~/.ssh/id_ed25519"), "{}", run.stderr);
-    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), first);
+    env.xtask(&args)
+        .assert_code(1)
+        .stderr_has(&["~/.ssh/id_ed25519"]);
+    assert_eq!(git_head(&src), first);
 
     // The key held by an ssh agent only: the update goes through.
     let agent = SshAgent::start(&dir.path().join("agent.sock")).unwrap();
@@ -511,8 +408,8 @@ fn ssh_clones_with_a_key_file_or_an_agent_and_refuses_unknown_or_changed_host_ke
     env.xtask(&args).assert_code(0);
     let second = fixture.head().unwrap();
     assert_ne!(second, first);
-    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), second);
-    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 2");
+    assert_eq!(git_head(&src), second);
+    assert_eq!(docker::run(image, None, &[]), "kubemark fixture 2");
 }
 
 #[test]
@@ -527,21 +424,9 @@ fn checkout_applies_eol_attributes_like_git() {
     let env = Env::new();
     let src = env.path("k");
     let url = upstream.url();
-    let tag = format!("c{}", support::free_port());
-    let _cleanup = docker::Cleanup(vec![format!("kubemark-test.local/kubemark:{tag}")]);
-    env.xtask(&[
-        "image",
-        "--no-push",
-        "--registry",
-        "kubemark-test.local",
-        "--tag",
-        &tag,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ])
-    .assert_code(0);
+    let local = local_image("c");
+    env.xtask(&build_from(&url, &src, &local.tag))
+        .assert_code(0);
     let by_git = env.path("by-git");
     sh(
         "git",
@@ -561,22 +446,8 @@ fn a_dirty_checkout_is_refused_and_left_untouched_unless_allowed() {
     let upstream = Upstream::new();
     let env = Env::new();
     let src = env.path("k");
-    let url = upstream.url();
-    let tag = format!("d{}", support::free_port());
-    let image = format!("kubemark-test.local/kubemark:{tag}");
-    let _cleanup = docker::Cleanup(vec![image.clone()]);
-    let args = [
-        "image",
-        "--no-push",
-        "--registry",
-        "kubemark-test.local",
-        "--tag",
-        &tag,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ];
+    let local = local_image("d");
+    let args = build_from(upstream.url(), &src, &local.tag);
     env.xtask(&args).assert_code(0);
     let head = upstream.fixture.head().unwrap();
 
@@ -587,21 +458,12 @@ fn a_dirty_checkout_is_refused_and_left_untouched_unless_allowed() {
     upstream.fixture.set_version("2").unwrap();
     upstream.fixture.commit("version 2").unwrap();
 
-    let run = env.xtask(&args);
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("has 2 local change(s); nothing was touched"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains(" M cmd/kubemark/main.c"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("?? notes.txt"), "{}", run.stderr);
-    assert!(run.stderr.contains("--allow-dirty"), "{}", run.stderr);
+    env.xtask(&args).assert_code(1).stderr_has(&[
+        "has 2 local change(s); nothing was touched",
+        " M cmd/kubemark/main.c",
+        "?? notes.txt",
+        "--allow-dirty",
+    ]);
     assert_eq!(
         std::fs::read_to_string(src.join("cmd/kubemark/main.c")).unwrap(),
         edited
@@ -610,22 +472,22 @@ fn a_dirty_checkout_is_refused_and_left_untouched_unless_allowed() {
         std::fs::read_to_string(src.join("notes.txt")).unwrap(),
         "untracked notes\n"
     );
-    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), head);
+    assert_eq!(git_head(&src), head);
 
     // --allow-dirty builds the tree as it is and marks the image.
-    let run = env.xtask(&[&args[..], &["--allow-dirty"]].concat());
-    run.assert_code(0);
-    assert!(run.stderr.contains("marked dirty"), "{}", run.stderr);
+    env.xtask(&args.with(&["--allow-dirty"]))
+        .assert_code(0)
+        .stderr_has(&["marked dirty"]);
     let record = env.record();
     assert_eq!(record["dirty"], true);
     assert!(record["version"].as_str().unwrap().ends_with("-dirty"));
-    assert_eq!(docker::labels(&image)["dev.kubemark.dirty"], "true");
-    assert_eq!(docker::run(&image, None, &[]), "my local work");
+    assert_eq!(docker::labels(&local.image)["dev.kubemark.dirty"], "true");
+    assert_eq!(docker::run(&local.image, None, &[]), "my local work");
     assert_eq!(
         std::fs::read_to_string(src.join("cmd/kubemark/main.c")).unwrap(),
         edited
     );
-    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), head);
+    assert_eq!(git_head(&src), head);
 }
 
 #[test]
@@ -639,40 +501,23 @@ fn a_failing_make_shows_the_end_of_its_log() {
     upstream.fixture.commit("broken").unwrap();
     let env = Env::new();
     let src = env.path("k");
-    let url = upstream.url();
-    let run = env.xtask(&[
-        "image",
-        "--tag",
-        "v1",
-        "--registry",
-        &registry.addr,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ]);
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("`make all WHAT=cmd/kubemark` failed (exit status: 2)"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("last lines of"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("| cmd/kubemark/main.c:1"),
-        "gcc's error is in the tail: {}",
-        run.stderr
-    );
     let log = env.state().join("make.log");
+    // gcc's error is in the tail; the whole log is named.
+    env.xtask(&Args::image(&registry.addr, "v1", upstream.url(), &src))
+        .assert_code(1)
+        .stderr_has(&[
+            "`make all WHAT=cmd/kubemark` failed (exit status: 2)",
+            "last lines of",
+            "| cmd/kubemark/main.c:1",
+            log.to_str().unwrap(),
+        ]);
     assert!(std::fs::read_to_string(&log).unwrap().contains("error"));
-    assert!(run.stderr.contains(log.to_str().unwrap()));
     assert_eq!(
         registry.digest("kubemark", "v1"),
         None,
         "nothing was pushed"
     );
-    assert!(!env.state().join("image.json").exists());
+    assert!(!env.has_record());
 }
 
 #[test]
@@ -682,31 +527,17 @@ fn missing_tools_and_a_missing_binary_are_explained() {
     let src = env.path("k");
     let url = upstream.url();
     let tag = format!("m{}", support::free_port());
-    let base = [
-        "image",
-        "--no-push",
-        "--registry",
-        "kubemark-test.local",
-        "--tag",
-        &tag,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ];
+    let base = build_from(&url, &src, &tag);
 
     // No make on PATH: refused before anything is cloned.
     let empty = env.path("empty-bin");
     std::fs::create_dir_all(&empty).unwrap();
     let mut no_make = Env::new();
     no_make.set("PATH", empty.to_str().unwrap());
-    let run = no_make.xtask(&base);
-    run.assert_code(1);
-    assert!(
-        run.stderr.contains("`make` is not on PATH"),
-        "{}",
-        run.stderr
-    );
+    no_make
+        .xtask(&base)
+        .assert_code(1)
+        .stderr_has(&["`make` is not on PATH"]);
     assert!(!src.exists());
 
     // A Go module (as kubernetes is) needs go: make alone is not enough.
@@ -720,10 +551,10 @@ fn missing_tools_and_a_missing_binary_are_explained() {
     upstream.fixture.commit("a go module").unwrap();
     let mut no_go = Env::new();
     no_go.set("PATH", make_only.to_str().unwrap());
-    let run = no_go.xtask(&base);
-    run.assert_code(1);
-    assert!(run.stderr.contains("`go` is not on PATH"), "{}", run.stderr);
-    assert!(run.stderr.contains("is a Go module"), "{}", run.stderr);
+    no_go
+        .xtask(&base)
+        .assert_code(1)
+        .stderr_has(&["`go` is not on PATH", "is a Go module"]);
 
     // make succeeds but writes no binary (in a new checkout: the one above is a Go module).
     upstream.fixture.git(&["rm", "--quiet", "go.mod"]).unwrap();
@@ -735,19 +566,9 @@ fn missing_tools_and_a_missing_binary_are_explained() {
         .fixture
         .commit("a Makefile that builds nothing")
         .unwrap();
-    let other = env.path("k2");
-    let run = env.xtask(&[&base[..8], &["--source-dir", other.to_str().unwrap()]].concat());
-    run.assert_code(1);
-    assert!(
-        run.stderr.contains("succeeded but did not produce"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains("_output/bin/kubemark"),
-        "{}",
-        run.stderr
-    );
+    env.xtask(&build_from(&url, &env.path("k2"), &tag))
+        .assert_code(1)
+        .stderr_has(&["succeeded but did not produce", "_output/bin/kubemark"]);
 }
 
 fn kubemark_image_make() -> String {
@@ -770,37 +591,16 @@ fn engine_build_errors_are_reported_with_their_step() {
         .unwrap();
     let env = Env::new();
     let src = env.path("k");
-    let url = upstream.url();
-    let tag = format!("e{}", support::free_port());
-    let run = env.xtask(&[
-        "image",
-        "-v",
-        "--no-push",
-        "--registry",
-        "kubemark-test.local",
-        "--tag",
-        &tag,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ]);
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("the image build failed at `COPY no-such-file /etc/no-such-file`"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("no-such-file"), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("make| +++ [fixture] Building"),
-        "-v shows make's output: {}",
-        run.stderr
-    );
-    assert!(!docker::exists(&format!(
-        "kubemark-test.local/kubemark:{tag}"
-    )));
+    let local = local_image("e");
+    // -v shows make's output.
+    env.xtask(&build_from(upstream.url(), &src, &local.tag).flags(&["-v"]))
+        .assert_code(1)
+        .stderr_has(&[
+            "the image build failed at `COPY no-such-file /etc/no-such-file`",
+            "no-such-file",
+            "make| +++ [fixture] Building",
+        ]);
+    assert!(!docker::exists(&local.image));
 }
 
 #[test]
@@ -814,36 +614,14 @@ fn ctrl_c_stops_the_run_with_130_and_records_nothing() {
     upstream.fixture.commit("a slow build").unwrap();
     let env = Env::new();
     let src = env.path("k");
-    let url = upstream.url();
-    let mut child = env.spawn(&[
-        "image",
-        "--no-push",
-        "--tag",
-        "v1",
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ]);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut seen = String::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-            let line = line.unwrap();
-            if line.starts_with("==> make") {
-                let _ = tx.send(());
-            }
-            seen.push_str(&line);
-            seen.push('\n');
-        }
-        seen
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(30))
+    let mut child = env.spawn(&build_unnamed(&upstream.url(), &src));
+    let (make_started, reader) = support::watch_stderr(&mut child, "==> make");
+    make_started
+        .recv_timeout(std::time::Duration::from_secs(30))
         .expect("make starts");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let started = std::time::Instant::now();
-    sh("kill", &["-INT", &child.id().to_string()], None);
+    support::interrupt(&child);
     let status = child.wait().unwrap();
     let seen = reader.join().unwrap();
     assert_eq!(status.code(), Some(130), "{seen}");
@@ -853,7 +631,7 @@ fn ctrl_c_stops_the_run_with_130_and_records_nothing() {
         started.elapsed() < std::time::Duration::from_secs(20),
         "make was stopped, not waited for"
     );
-    assert!(!env.state().join("image.json").exists());
+    assert!(!env.has_record());
     // The checkout is complete and clean: the next run picks up from there.
     assert_eq!(git_status(&src), "");
 }
@@ -877,20 +655,8 @@ fn one_run_at_a_time_per_checkout_whatever_the_state_directory() {
     assert_ne!(first.state(), second.state());
     let src = first.path("src/kubernetes");
     let url = upstream.url();
-    let run_args = |tag: &'static str, git_ref: &'static str| {
-        vec![
-            "image".to_owned(),
-            "--tag".into(),
-            tag.into(),
-            "--registry".into(),
-            registry.addr.clone(),
-            "--kubernetes-repo".into(),
-            url.clone(),
-            "--source-dir".into(),
-            src.to_str().unwrap().into(),
-            "--ref".into(),
-            git_ref.into(),
-        ]
+    let run_args = |tag: &str, git_ref: &str| {
+        Args::image(&registry.addr, tag, &url, &src).opt("--ref", git_ref)
     };
     let image_a = format!("{}/kubemark:a", registry.addr);
     let _cleanup = docker::Cleanup(vec![
@@ -898,53 +664,39 @@ fn one_run_at_a_time_per_checkout_whatever_the_state_directory() {
         format!("{}/kubemark:b", registry.addr),
     ]);
 
-    let args_a = run_args("a", "master");
-    let mut a = first.spawn(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = a.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut seen = String::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-            let line = line.unwrap();
-            if line.starts_with("==> make") {
-                let _ = tx.send(());
-            }
-            seen.push_str(&line);
-            seen.push('\n');
-        }
-        seen
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(60))
+    let mut a = first.spawn(&run_args("a", "master"));
+    let (make_started, reader) = support::watch_stderr(&mut a, "==> make");
+    make_started
+        .recv_timeout(std::time::Duration::from_secs(60))
         .expect("the first run gets to make");
 
     // Another state directory, the same checkout, another ref: refused at once.
     let started = std::time::Instant::now();
     let args_b = run_args("b", "v1.0.0");
-    let b = second.xtask(&args_b.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = second.xtask(&args_b);
     b.assert_code(1);
     assert!(
         started.elapsed() < std::time::Duration::from_secs(3),
         "refused at once, not after waiting: {:?}",
         started.elapsed()
     );
-    assert!(
-        b.stderr.contains(&format!(
+    // The hint names --source-dir.
+    b.stderr_has(&[
+        &format!(
             "another run (pid {}) is using the kubernetes checkout {}",
             a.id(),
             src.display()
-        )),
-        "{}",
-        b.stderr
-    );
-    assert!(b.stderr.contains("--source-dir"), "the hint: {}", b.stderr);
-    assert!(!second.state().join("image.json").exists());
+        ),
+        "--source-dir",
+    ]);
+    assert!(!second.has_record());
 
     // The first run is not disturbed: its commit, its binary, under its label.
     let status = a.wait().unwrap();
     let seen = reader.join().unwrap();
     assert_eq!(status.code(), Some(0), "{seen}");
     assert_eq!(first.record()["commit"], head.as_str());
-    assert_eq!(sh("git", &["rev-parse", "HEAD"], Some(&src)), head);
+    assert_eq!(git_head(&src), head);
     assert_eq!(
         registry.digest("kubemark", "b"),
         None,
@@ -959,8 +711,7 @@ fn one_run_at_a_time_per_checkout_whatever_the_state_directory() {
     assert_eq!(docker::run(&image_a, None, &[]), "kubemark fixture 2");
 
     // Once it is done, the checkout is free again.
-    let b = second.xtask(&args_b.iter().map(String::as_str).collect::<Vec<_>>());
-    b.assert_code(0);
+    second.xtask(&args_b).assert_code(0);
     assert_eq!(second.record()["version"], "v1.0.0");
 }
 
@@ -970,46 +721,18 @@ fn an_unreachable_engine_is_explained_before_anything_changes() {
     let mut env = Env::new();
     env.set("DOCKER_HOST", "unix:///nonexistent/docker.sock");
     let src = env.path("k");
-    let url = upstream.url();
-    let run = env.xtask(&[
-        "image",
-        "--no-push",
-        "--tag",
-        "v1",
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
+    let args = build_unnamed(&upstream.url(), &src);
+    env.xtask(&args).assert_code(1).stderr_has(&[
+        "cannot reach the Docker engine at unix:///nonexistent/docker.sock",
+        "DOCKER_HOST",
     ]);
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("cannot reach the Docker engine at unix:///nonexistent/docker.sock"),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stderr.contains("DOCKER_HOST"), "{}", run.stderr);
     assert!(!src.exists(), "nothing was cloned");
 
     env.vars.clear();
     env.set("DOCKER_HOST", "tcp://127.0.0.1:1");
-    let run = env.xtask(&[
-        "image",
-        "--no-push",
-        "--tag",
-        "v1",
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ]);
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("cannot reach the Docker engine at tcp://127.0.0.1:1"),
-        "{}",
-        run.stderr
-    );
+    env.xtask(&args)
+        .assert_code(1)
+        .stderr_has(&["cannot reach the Docker engine at tcp://127.0.0.1:1"]);
 }
 
 #[test]
@@ -1024,54 +747,27 @@ fn registry_credentials_are_checked_first_and_never_printed() {
         image.clone(),
         format!("{}/kubemark:v2", registry.addr),
     ]);
-    let args = [
-        "image",
-        "--tag",
-        "v1",
-        "--registry",
-        &registry.addr,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ];
+    let args = Args::image(&registry.addr, "v1", &url, &src);
 
     // No credentials at all.
-    let run = env.xtask(&args);
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("requires credentials and none were found"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains(&format!("docker login {}", registry.addr)),
-        "{}",
-        run.stderr
-    );
+    env.xtask(&args).assert_code(1).stderr_has(&[
+        "requires credentials and none were found",
+        &format!("docker login {}", registry.addr),
+    ]);
     assert!(!src.exists(), "nothing was cloned");
 
     // A wrong password on stdin.
-    let with_user = [&args[..], &["--registry-username", "kubemark"]].concat();
-    let run = env.xtask_with_stdin(&with_user, Some("wrong-password-xyz\n"));
-    run.assert_code(1);
-    assert!(
-        run.stderr
-            .contains("rejected the credentials of user `kubemark` from --registry-username"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        !run.stderr.contains("wrong-password-xyz") && !run.stdout.contains("wrong-password-xyz")
-    );
+    let with_user = args.with(&["--registry-username", "kubemark"]);
+    env.xtask_with_stdin(&with_user, Some("wrong-password-xyz\n"))
+        .assert_code(1)
+        .stderr_has(&["rejected the credentials of user `kubemark` from --registry-username"])
+        .never_prints(&["wrong-password-xyz"]);
     assert!(!src.exists(), "nothing was cloned");
 
     // The right one: pushed.
-    let run = env.xtask_with_stdin(&with_user, Some("right-password\n"));
-    run.assert_code(0);
-    assert!(!run.stderr.contains("right-password") && !run.stdout.contains("right-password"));
+    env.xtask_with_stdin(&with_user, Some("right-password\n"))
+        .assert_code(0)
+        .never_prints(&["right-password"]);
     assert_eq!(
         registry.digest("kubemark", "v1").as_deref(),
         env.record()["digest"].as_str()
@@ -1086,19 +782,9 @@ fn registry_credentials_are_checked_first_and_never_printed() {
         ),
     )
     .unwrap();
-    let run = env.xtask(&[
-        "image",
-        "--tag",
-        "v2",
-        "--registry",
-        &registry.addr,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ]);
-    run.assert_code(0);
-    assert!(run.stderr.contains("the Docker config"), "{}", run.stderr);
+    env.xtask(&Args::image(&registry.addr, "v2", &url, &src))
+        .assert_code(0)
+        .stderr_has(&["the Docker config"]);
     assert!(registry.digest("kubemark", "v2").is_some());
 }
 
@@ -1113,24 +799,10 @@ fn a_registry_spelled_localhost_in_capitals_is_pushed_to_and_127_1_is_refused_wi
     let spelled = format!("LOCALHOST:{port}");
     let image = format!("{spelled}/kubemark:v1");
     let _cleanup = docker::Cleanup(vec![image.clone()]);
-    let run = env.xtask(&[
-        "image",
-        "--tag",
-        "v1",
-        "--registry",
-        &spelled,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ]);
-    run.assert_code(0);
-    assert!(
-        run.stderr
-            .contains(&format!("registry http://{spelled} answers")),
-        "reached over plain HTTP, as the engine reaches it: {}",
-        run.stderr
-    );
+    // Reached over plain HTTP, as the engine reaches it.
+    env.xtask(&Args::image(&spelled, "v1", &url, &src))
+        .assert_code(0)
+        .stderr_has(&[&format!("registry http://{spelled} answers")]);
     let digest = registry
         .digest("kubemark", "v1")
         .expect("the registry serves the tag");
@@ -1138,42 +810,21 @@ fn a_registry_spelled_localhost_in_capitals_is_pushed_to_and_127_1_is_refused_wi
     assert_eq!(env.record()["ref"], image.as_str());
 
     // `127.1` is 127.0.0.1 to the C resolver, but the engine (Go's resolver)
-    // looks it up as a name and fails, after the build. Refused first, said so.
+    // looks it up as a name and fails, after the build. Refused first, said so;
+    // nothing built.
     let short = format!("127.1:{port}");
     let short_image = format!("{short}/kubemark:v1");
     let _cleanup_short = docker::Cleanup(vec![short_image.clone()]);
-    let run = env.xtask(&[
-        "image",
-        "--tag",
-        "v1",
-        "--registry",
-        &short,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-    ]);
-    run.assert_code(2);
-    assert!(
-        run.stderr.contains(&format!(
-            "error: --registry `{short}`: the registry host `127.1` is 127.0.0.1 to C programs, but the Docker \
-             engine reads only a.b.c.d addresses"
-        )),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr.contains(&format!(
-            "write the address in full: --registry 127.0.0.1:{port}"
-        )),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        !run.stderr.contains("==> image"),
-        "nothing built: {}",
-        run.stderr
-    );
+    env.xtask(&Args::image(&short, "v1", &url, &src))
+        .assert_code(2)
+        .stderr_has(&[
+            &format!(
+                "error: --registry `{short}`: the registry host `127.1` is 127.0.0.1 to C programs, but the Docker \
+                 engine reads only a.b.c.d addresses"
+            ),
+            &format!("write the address in full: --registry 127.0.0.1:{port}"),
+        ])
+        .stderr_lacks(&["==> image"]);
     assert!(!docker::exists(&short_image));
     assert_eq!(
         env.record()["ref"],
@@ -1220,20 +871,14 @@ fn bad_input_is_a_usage_error_and_changes_nothing() {
         ),
     ] {
         let all = [&["image", "--source-dir", src][..], &args[..]].concat();
-        let run = env.xtask(&all);
-        assert_eq!(run.code, 2, "{all:?}: {}", run.stderr);
-        assert!(
-            run.stderr.contains(expect),
-            "{all:?}: expected {expect:?} in {}",
-            run.stderr
-        );
+        env.xtask(&all).assert_code(2).stderr_has(&[expect]);
         assert!(!Path::new(src).exists());
     }
     // A settings file with a typo names it.
     std::fs::write(env.path("kubemark.toml"), "[image]\nregistri = \"x\"\n").unwrap();
-    let run = env.xtask(&["image", "--tag", "v1"]);
-    run.assert_code(2);
-    assert!(run.stderr.contains("registri"), "{}", run.stderr);
+    env.xtask(&["image", "--tag", "v1"])
+        .assert_code(2)
+        .stderr_has(&["registri"]);
 }
 
 #[test]
@@ -1255,58 +900,33 @@ fn a_registry_given_as_a_url_is_refused_naming_where_it_was_given() {
             extra,
         ]
         .concat();
-        let run = env.xtask(&args);
-        run.assert_code(2);
-        assert!(
-            run.stderr
-                .contains("error: --registry `http://x` is a URL; a registry is host[:port][/path], without a scheme"),
-            "{args:?}: {}",
-            run.stderr
-        );
-        assert!(
-            run.stderr.contains("drop `http://`: --registry x"),
-            "{args:?}: {}",
-            run.stderr
-        );
-        assert!(!run.stderr.contains("is not a number"), "{}", run.stderr);
+        env.xtask(&args)
+            .assert_code(2)
+            .stderr_has(&[
+                "error: --registry `http://x` is a URL; a registry is host[:port][/path], without a scheme",
+                "drop `http://`: --registry x",
+            ])
+            .stderr_lacks(&["is not a number"]);
     }
+    let dry_run = ["image", "--source-dir", src, "--tag", "v1", "--dry-run"];
     env.set("KUBEMARK_REGISTRY", "https://127.0.0.1:5000/team");
-    let run = env.xtask(&["image", "--source-dir", src, "--tag", "v1", "--dry-run"]);
-    run.assert_code(2);
-    assert!(
-        run.stderr
-            .contains("error: KUBEMARK_REGISTRY `https://127.0.0.1:5000/team` is a URL"),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains("drop `https://`: KUBEMARK_REGISTRY=127.0.0.1:5000/team"),
-        "{}",
-        run.stderr
-    );
+    env.xtask(&dry_run).assert_code(2).stderr_has(&[
+        "error: KUBEMARK_REGISTRY `https://127.0.0.1:5000/team` is a URL",
+        "drop `https://`: KUBEMARK_REGISTRY=127.0.0.1:5000/team",
+    ]);
     env.vars.clear();
     std::fs::write(
         env.path("kubemark.toml"),
         "[image]\nregistry = \"http://r.example\"\n",
     )
     .unwrap();
-    let run = env.xtask(&["image", "--source-dir", src, "--tag", "v1", "--dry-run"]);
-    run.assert_code(2);
-    assert!(
-        run.stderr.contains(&format!(
+    env.xtask(&dry_run).assert_code(2).stderr_has(&[
+        &format!(
             "error: registry under [image] in {} `http://r.example` is a URL",
             env.path("kubemark.toml").display()
-        )),
-        "{}",
-        run.stderr
-    );
-    assert!(
-        run.stderr
-            .contains("drop `http://`: registry = \"r.example\""),
-        "{}",
-        run.stderr
-    );
+        ),
+        "drop `http://`: registry = \"r.example\"",
+    ]);
     assert!(!Path::new(src).exists());
 }
 
@@ -1341,7 +961,7 @@ fn settings_follow_flags_then_environment_then_file() {
     );
     // The dry run changed nothing.
     assert!(!src.exists());
-    assert!(!env.state().join("image.json").exists());
+    assert!(!env.has_record());
 }
 
 #[test]
@@ -1351,43 +971,19 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let env = Env::new();
     let src = env.path("k");
     let url = upstream.url();
-    let run = env.xtask(&[
-        "image",
-        "--dry-run",
-        "--tag",
-        "v1",
-        "--registry",
-        &registry.addr,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-        "--ref",
-        "master",
-    ]);
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains("plan (dry run, nothing was changed)"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains(&format!(
+    let args =
+        Args::image(&registry.addr, "v1", &url, &src).flags(&["--dry-run", "--ref", "master"]);
+    env.xtask(&args).assert_code(0).stdout_has(&[
+        "plan (dry run, nothing was changed)",
+        &format!(
             "clone master (refs/heads/master at {})",
             upstream.fixture.head().unwrap()
-        )),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout
-            .contains(&format!("push:    to http://{} anonymously", registry.addr)),
-        "{}",
-        run.stdout
-    );
+        ),
+        &format!("push:    to http://{} anonymously", registry.addr),
+    ]);
     assert!(!src.exists());
     assert_eq!(registry.digest("kubemark", "v1"), None);
-    assert!(!env.state().join("image.json").exists());
+    assert!(!env.has_record());
 }
 
 #[test]
@@ -1396,34 +992,19 @@ fn base_image_override_rewrites_from() {
     let env = Env::new();
     let base = docker::busybox_base();
     let src = env.path("k");
-    let url = upstream.url();
-    let tag = format!("b{}", support::free_port());
-    let image = format!("kubemark-test.local/kubemark:{tag}");
-    let _cleanup = docker::Cleanup(vec![image.clone()]);
-    let run = env.xtask(&[
-        "image",
-        "--no-push",
-        "--registry",
-        "kubemark-test.local",
-        "--tag",
-        &tag,
-        "--kubernetes-repo",
-        &url,
-        "--source-dir",
-        src.to_str().unwrap(),
-        "--base-image",
-        base,
-    ]);
-    run.assert_code(0);
+    let local = local_image("b");
+    let image = &local.image;
+    env.xtask(&build_from(upstream.url(), &src, &local.tag).opt("--base-image", base))
+        .assert_code(0);
     let binary = std::fs::read(src.join("_output/bin/kubemark")).unwrap();
     // busybox from the base image hashes /kubemark inside the image.
-    let out = docker::run(&image, Some("/bin/sha256sum"), &["/kubemark"]);
+    let out = docker::run(image, Some("/bin/sha256sum"), &["/kubemark"]);
     assert_eq!(
         out.split_whitespace().next(),
         Some(sha256_hex(&binary).as_str())
     );
     assert_eq!(
-        docker::labels(&image)["org.opencontainers.image.base.name"],
+        docker::labels(image)["org.opencontainers.image.base.name"],
         base
     );
     // The checkout's Dockerfile is untouched.

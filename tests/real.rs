@@ -15,10 +15,14 @@
 mod support;
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kubemark_testbed::k8s::{Binaries, Config, ControlPlane};
-use support::{Env, Run};
+use support::{Args, Env, Run};
+
+/// The version of the real control planes, and the image deploy is given.
+const IMAGE: &str = "127.0.0.1:5000/kubemark:v1.37.2";
 
 /// An address of this host that is not loopback, as the hollow-node pods reach the master.
 fn host_ip() -> IpAddr {
@@ -60,30 +64,30 @@ impl Real {
         })
     }
 
-    /// `deploy [sub] --external-kubeconfig E --master-kubeconfig M extra...`
-    fn xtask(&self, sub: &[&str], external: Option<&std::path::Path>, extra: &[&str]) -> Run {
-        let e = external
-            .unwrap_or(&self.external.admin_kubeconfig)
-            .display()
-            .to_string();
-        let m = self.master.admin_kubeconfig.display().to_string();
-        let mut args = vec!["deploy"];
-        args.extend_from_slice(sub);
-        args.extend(["--external-kubeconfig", &e, "--master-kubeconfig", &m]);
+    /// `deploy [sub] --external-kubeconfig E --master-kubeconfig M`, E the
+    /// admin's unless `external` is given.
+    fn args(&self, sub: &[&str], external: Option<&Path>) -> Args {
+        let args = Args::new(&["deploy"])
+            .flags(sub)
+            .opt(
+                "--external-kubeconfig",
+                external.unwrap_or(&self.external.admin_kubeconfig),
+            )
+            .opt("--master-kubeconfig", &self.master.admin_kubeconfig);
         if host_ip().is_loopback() && sub.is_empty() {
-            args.push("--allow-loopback-master");
+            args.flags(&["--allow-loopback-master"])
+        } else {
+            args
         }
-        args.extend_from_slice(extra);
-        self.env.xtask(&args)
+    }
+
+    /// `deploy [sub] --external-kubeconfig E --master-kubeconfig M extra...`
+    fn xtask(&self, sub: &[&str], external: Option<&Path>, extra: &[&str]) -> Run {
+        self.env.xtask(&self.args(sub, external).flags(extra))
     }
 
     fn deploy(&self, extra: &[&str]) -> Run {
-        let mut args = vec![
-            "--image",
-            "127.0.0.1:5000/kubemark:v1.37.2",
-            "--skip-capacity-check",
-        ];
-        args.extend_from_slice(extra);
+        let args = [&["--image", IMAGE, "--skip-capacity-check"][..], extra].concat();
         self.xtask(&[], None, &args)
     }
 
@@ -110,7 +114,7 @@ fn deploy_status_and_destroy_against_real_control_planes() {
     let Some(r) = Real::start() else { return };
     // A kubemark newer than the real master is warned about (kubelets must not
     // be newer than their API server); --dry-run writes nothing.
-    let run = r.xtask(
+    r.xtask(
         &[],
         None,
         &[
@@ -121,37 +125,26 @@ fn deploy_status_and_destroy_against_real_control_planes() {
             "--dry-run",
             "--skip-capacity-check",
         ],
-    );
-    run.assert_code(0);
-    assert!(
-        run.stderr
-            .contains("the kubemark image is v1.38.0, newer than the master's v1.37.2"),
-        "{}",
-        run.stderr
-    );
+    )
+    .assert_code(0)
+    .stderr_has(&["the kubemark image is v1.38.0, newer than the master's v1.37.2"]);
     assert!(r.get(&["namespace", "kubemark"]).is_none(), "dry run");
-    let run = r.deploy(&["--replicas", "3", "--no-wait"]);
-    run.assert_code(0);
-    assert!(
-        run.stderr.contains("created namespace kubemark") && run.stderr.contains("v1.37.2"),
-        "{}",
-        run.stderr
-    );
+    r.deploy(&["--replicas", "3", "--no-wait"])
+        .assert_code(0)
+        .stderr_has(&["created namespace kubemark", "v1.37.2"]);
     // The real ReplicationController controller makes the pods (Pending: no nodes).
     eventually("3 hollow-node pods", Duration::from_secs(60), || {
         r.get(&["pods", "-n", "kubemark", "-o", "name"])
             .is_some_and(|out| out.lines().count() == 3)
     });
     // Real server-side apply: the same deploy again changes nothing.
-    let run = r.deploy(&["--replicas", "3", "--no-wait"]);
-    run.assert_code(0);
-    for line in [
-        "Namespace kubemark unchanged",
-        "Secret kubeconfig unchanged",
-        "ReplicationController hollow-node unchanged",
-    ] {
-        assert!(run.stderr.contains(line), "{line}: {}", run.stderr);
-    }
+    r.deploy(&["--replicas", "3", "--no-wait"])
+        .assert_code(0)
+        .stderr_has(&[
+            "Namespace kubemark unchanged",
+            "Secret kubeconfig unchanged",
+            "ReplicationController hollow-node unchanged",
+        ]);
     let run = r.xtask(&["status"], None, &["--output", "json"]);
     run.assert_code(0);
     let status = run.json();
@@ -161,21 +154,18 @@ fn deploy_status_and_destroy_against_real_control_planes() {
     // destroy on a real namespace controller and garbage collector: the
     // namespace holds only what the cluster puts in every namespace (the
     // default ServiceAccount, kube-root-ca.crt) besides ours, so it goes.
-    let run = r.xtask(&["destroy"], None, &["--timeout", "120s"]);
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains("destroyed: 1 ReplicationController(s) with 3 pod(s), 1 secret(s), 0 configmap(s), the namespace"),
-        "{}\n{}",
-        run.stdout,
-        run.stderr
-    );
+    r.xtask(&["destroy"], None, &["--timeout", "120s"])
+        .assert_code(0)
+        .stdout_has(&[
+            "destroyed: 1 ReplicationController(s) with 3 pod(s), 1 secret(s), 0 configmap(s), the namespace",
+        ]);
     assert!(
         r.get(&["namespace", "kubemark"]).is_none(),
         "the namespace is gone"
     );
-    let run = r.xtask(&["destroy"], None, &[]);
-    run.assert_code(0);
-    assert!(run.stdout.contains("nothing to destroy"), "{}", run.stdout);
+    r.xtask(&["destroy"], None, &[])
+        .assert_code(0)
+        .stdout_has(&["nothing to destroy"]);
 }
 
 #[test]
@@ -193,21 +183,18 @@ fn a_namespace_that_existed_keeps_what_is_not_ours_on_a_real_server() {
             "--from-literal=pw=x",
         ])
         .unwrap();
-    let run = r.deploy(&["--namespace", "pre", "--replicas", "2", "--no-wait"]);
-    run.assert_code(0);
-    let run = r.xtask(
+    r.deploy(&["--namespace", "pre", "--replicas", "2", "--no-wait"])
+        .assert_code(0);
+    r.xtask(
         &["destroy"],
         None,
         &["--namespace", "pre", "--timeout", "120s"],
-    );
-    run.assert_code(0);
-    assert!(
-        run.stdout
-            .contains("left: namespace pre: kept, deploy did not create it")
-            && run.stdout.contains("left: Secret pre/user-secret"),
-        "{}",
-        run.stdout
-    );
+    )
+    .assert_code(0)
+    .stdout_has(&[
+        "left: namespace pre: kept, deploy did not create it",
+        "left: Secret pre/user-secret",
+    ]);
     assert!(r.get(&["-n", "pre", "secret", "user-secret"]).is_some());
     assert!(r.get(&["-n", "pre", "rc", "hollow-node"]).is_none());
 }
@@ -225,22 +212,11 @@ fn what_rbac_denies_is_listed_before_anything_is_written() {
             "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: limited\nrules:\n- apiGroups: [\"\"]\n  resources: [namespaces, pods, nodes, events, secrets, configmaps, replicationcontrollers, resourcequotas]\n  verbs: [get, list, watch]\n- apiGroups: [\"\"]\n  resources: [namespaces]\n  verbs: [create, patch]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: limited\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: limited\nsubjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: User\n  name: limited-user\n",
         )
         .unwrap();
-    let run = r.xtask(
-        &[],
-        Some(&limited),
-        &[
-            "--image",
-            "127.0.0.1:5000/kubemark:v1.37.2",
-            "--replicas",
-            "2",
-        ],
-    );
-    run.assert_code(1);
-    assert!(
-        run.stderr.contains("the external cluster does not allow what deploy needs: patch secrets in kubemark, patch configmaps in kubemark, patch replicationcontrollers in kubemark, get pods/log in kubemark"),
-        "{}",
-        run.stderr
-    );
+    r.xtask(&[], Some(&limited), &["--image", IMAGE, "--replicas", "2"])
+        .assert_code(1)
+        .stderr_has(&[
+            "the external cluster does not allow what deploy needs: patch secrets in kubemark, patch configmaps in kubemark, patch replicationcontrollers in kubemark, get pods/log in kubemark",
+        ]);
     assert!(
         r.get(&["namespace", "kubemark"]).is_none(),
         "nothing written"
@@ -251,15 +227,9 @@ fn what_rbac_denies_is_listed_before_anything_is_written() {
 fn pod_security_quota_and_limit_range_are_diagnosed_before_anything_is_written() {
     let Some(r) = Real::start() else { return };
     let refused = |ns: &str, replicas: &str, expect: &[&str]| {
-        let run = r.deploy(&["--namespace", ns, "--replicas", replicas]);
-        run.assert_code(1);
-        for e in expect {
-            assert!(
-                run.stderr.contains(e),
-                "{ns}: expected {e:?} in {}",
-                run.stderr
-            );
-        }
+        r.deploy(&["--namespace", ns, "--replicas", replicas])
+            .assert_code(1)
+            .stderr_has(expect);
         assert!(
             r.get(&["-n", ns, "rc", "hollow-node"]).is_none()
                 && r.get(&["-n", ns, "secret", "kubeconfig"]).is_none(),
@@ -327,7 +297,7 @@ fn pod_security_quota_and_limit_range_are_diagnosed_before_anything_is_written()
 /// The project's template without its init container, which raises inotify
 /// limits through a privileged `sysctl`: privileged containers cannot start on
 /// this machine, so the node agent could only fail it.
-fn template_without_privileged_init(dir: &std::path::Path) -> std::path::PathBuf {
+fn template_without_privileged_init(dir: &Path) -> PathBuf {
     let full = kubemark_deploy::template::SIMPLIFIED;
     let start = full.find("      initContainers:").unwrap();
     let end = full.find("      volumes:").unwrap();
@@ -378,17 +348,12 @@ fn real_parts() -> Option<(support::Registry, Real, kubemark_testbed::node::Node
 
     // Step 1 of the guide: build the real kubemark and its image, push it.
     let source = r.env.path("checkout");
-    let run = r.env.xtask(&[
-        "image",
-        "--tag",
-        "v1.37.2-e2e",
-        "--registry",
+    let run = r.env.xtask(&Args::image(
         &registry.addr,
-        "--kubernetes-repo",
-        checkout.dir.to_str().unwrap(),
-        "--source-dir",
-        source.to_str().unwrap(),
-    ]);
+        "v1.37.2-e2e",
+        &checkout.dir,
+        &source,
+    ));
     run.assert_code(0);
     assert!(
         registry.digest("kubemark", "v1.37.2-e2e").is_some(),
@@ -423,6 +388,15 @@ fn real_parts() -> Option<(support::Registry, Real, kubemark_testbed::node::Node
     Some((registry, r, agent))
 }
 
+/// `deploy` of `replicas` hollow nodes made from `template`, given four
+/// minutes (the real kubelets start in Docker).
+fn guide_deploy(r: &Real, template: &Path, replicas: &str) -> Args {
+    r.args(&[], None)
+        .opt("--replicas", replicas)
+        .opt("--template", template)
+        .flags(&["--timeout", "240s"])
+}
+
 /// The setup guide end to end on real parts: a kubernetes checkout whose `make`
 /// builds the real kubemark v1.37.2, `cargo xtask image` pushing it to a real
 /// registry, and `cargo xtask deploy` making the real hollow kubelets (run by
@@ -434,34 +408,15 @@ fn the_whole_guide_on_real_parts() {
         return;
     };
     let template = template_without_privileged_init(&r.env.path("."));
-    let deploy = |replicas: &str| {
-        r.xtask(
-            &[],
-            None,
-            &[
-                "--replicas",
-                replicas,
-                "--template",
-                template.to_str().unwrap(),
-                "--timeout",
-                "240s",
-            ],
-        )
-    };
+    let deploy = |replicas: &str| r.env.xtask(&guide_deploy(&r, &template, replicas));
 
     // Step 2: the image from image.json, 5 hollow nodes Ready on the real master.
     let run = deploy("5");
     if run.code != 0 {
         eprintln!("{}", agent.log_tail(60));
     }
-    run.assert_code(0);
-    assert!(
-        run.stdout
-            .contains("5 hollow nodes Ready in namespace kubemark"),
-        "{}\n{}",
-        run.stdout,
-        run.stderr
-    );
+    run.assert_code(0)
+        .stdout_has(&["5 hollow nodes Ready in namespace kubemark"]);
     assert_eq!(hollow_nodes(&r.master), (5, 5));
     // The real hollow kubelet registered with the version of the image it runs.
     let versions = r
@@ -481,53 +436,32 @@ fn the_whole_guide_on_real_parts() {
     );
 
     // The same deploy again changes nothing.
-    let run = deploy("5");
-    run.assert_code(0);
-    assert!(
-        run.stderr
-            .contains("ReplicationController hollow-node unchanged"),
-        "{}",
-        run.stderr
-    );
+    deploy("5")
+        .assert_code(0)
+        .stderr_has(&["ReplicationController hollow-node unchanged"]);
 
     // Scale up, then down: the master's stale Nodes go.
     deploy("8").assert_code(0);
     assert_eq!(hollow_nodes(&r.master), (8, 8));
-    let run = deploy("3");
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains("deleted 5 stale hollow node(s)"),
-        "{}",
-        run.stdout
-    );
+    deploy("3")
+        .assert_code(0)
+        .stdout_has(&["deleted 5 stale hollow node(s)"]);
     assert_eq!(hollow_nodes(&r.master), (3, 3));
 
     let run = r.xtask(&["status"], None, &["--output", "json"]);
     run.assert_code(0);
     let status = run.json();
-    assert_eq!(
-        (
-            status["wanted"].as_i64(),
-            status["running"].as_i64(),
-            status["ready"].as_i64()
-        ),
-        (Some(3), Some(3), Some(3)),
-        "{status}"
-    );
+    assert_eq!(support::status_counts(&status), [Some(3); 3], "{status}");
 
     // destroy: everything of ours on both sides, twice is fine.
-    let run = r.xtask(&["destroy"], None, &["--timeout", "180s"]);
-    run.assert_code(0);
-    assert!(
-        run.stdout.contains("the namespace, 3 hollow node(s)"),
-        "{}",
-        run.stdout
-    );
+    r.xtask(&["destroy"], None, &["--timeout", "180s"])
+        .assert_code(0)
+        .stdout_has(&["the namespace, 3 hollow node(s)"]);
     assert_eq!(hollow_nodes(&r.master).0, 0);
     assert!(r.get(&["namespace", "kubemark"]).is_none());
-    let run = r.xtask(&["destroy"], None, &[]);
-    run.assert_code(0);
-    assert!(run.stdout.contains("nothing to destroy"), "{}", run.stdout);
+    r.xtask(&["destroy"], None, &[])
+        .assert_code(0)
+        .stdout_has(&["nothing to destroy"]);
     drop(agent);
 }
 
@@ -550,42 +484,32 @@ fn a_namespace_admin_deploys_and_destroys_without_cluster_wide_rights() {
         ])
         .unwrap();
     let admin = r.external.kubeconfig_for("team-admin", None).unwrap();
-    let run = r.xtask(
+    r.xtask(
         &[],
         Some(&admin),
         &[
             "--namespace",
             "team",
             "--image",
-            "127.0.0.1:5000/kubemark:v1.37.2",
+            IMAGE,
             "--replicas",
             "2",
             "--no-wait",
             "--skip-capacity-check",
         ],
-    );
-    run.assert_code(0);
-    assert!(
-        run.stderr
-            .contains("capacity not checked (--skip-capacity-check)"),
-        "{}",
-        run.stderr
-    );
-    let run = r.xtask(
+    )
+    .assert_code(0)
+    .stderr_has(&["capacity not checked (--skip-capacity-check)"]);
+    r.xtask(
         &["destroy"],
         Some(&admin),
         &["--namespace", "team", "--timeout", "120s"],
-    );
-    run.assert_code(0);
-    assert!(
-        run.stdout
-            .contains("destroyed: 1 ReplicationController(s) with 2 pod(s), 1 secret(s)")
-            && run
-                .stdout
-                .contains("left: namespace team: kept, deploy did not create it"),
-        "{}",
-        run.stdout
-    );
+    )
+    .assert_code(0)
+    .stdout_has(&[
+        "destroyed: 1 ReplicationController(s) with 2 pod(s), 1 secret(s)",
+        "left: namespace team: kept, deploy did not create it",
+    ]);
     assert!(r.get(&["namespace", "team"]).is_some());
 }
 
@@ -597,25 +521,7 @@ fn the_wait_survives_both_api_servers_restarting() {
         return;
     };
     let template = template_without_privileged_init(&r.env.path("."));
-    let e = r.external.admin_kubeconfig.display().to_string();
-    let m = r.master.admin_kubeconfig.display().to_string();
-    let mut args = vec![
-        "deploy",
-        "--external-kubeconfig",
-        &e,
-        "--master-kubeconfig",
-        &m,
-        "--replicas",
-        "4",
-        "--template",
-        template.to_str().unwrap(),
-        "--timeout",
-        "240s",
-    ];
-    if host_ip().is_loopback() {
-        args.push("--allow-loopback-master");
-    }
-    let mut child = r.env.spawn(&args);
+    let mut child = r.env.spawn(&guide_deploy(&r, &template, "4"));
     // Once the wait has begun (the RC exists), cut both API servers.
     eventually("the RC applied", Duration::from_secs(60), || {
         r.get(&["-n", "kubemark", "rc", "hollow-node"]).is_some()

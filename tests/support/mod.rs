@@ -5,9 +5,12 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
@@ -67,6 +70,8 @@ impl Registry {
 /// What a run of the xtask binary did.
 #[derive(Debug)]
 pub struct Run {
+    /// The arguments it was given, named when a check fails.
+    pub args: Vec<String>,
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -81,11 +86,116 @@ impl Run {
     #[track_caller]
     pub fn assert_code(&self, code: i32) -> &Self {
         assert_eq!(
-            self.code, code,
-            "exit code; stdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
+            self.code,
+            code,
+            "exit code of `xtask {}`{}",
+            self.args.join(" "),
+            self.output()
         );
         self
+    }
+
+    /// Panics unless stdout holds each of `texts`.
+    #[track_caller]
+    pub fn stdout_has(&self, texts: &[&str]) -> &Self {
+        self.check("stdout", &self.stdout, texts, true)
+    }
+
+    /// Panics unless stderr holds each of `texts`.
+    #[track_caller]
+    pub fn stderr_has(&self, texts: &[&str]) -> &Self {
+        self.check("stderr", &self.stderr, texts, true)
+    }
+
+    /// Panics if stdout holds any of `texts`.
+    #[track_caller]
+    pub fn stdout_lacks(&self, texts: &[&str]) -> &Self {
+        self.check("stdout", &self.stdout, texts, false)
+    }
+
+    /// Panics if stderr holds any of `texts`.
+    #[track_caller]
+    pub fn stderr_lacks(&self, texts: &[&str]) -> &Self {
+        self.check("stderr", &self.stderr, texts, false)
+    }
+
+    /// Panics if stdout or stderr holds any of `texts` (a secret, say).
+    #[track_caller]
+    pub fn never_prints(&self, texts: &[&str]) -> &Self {
+        self.stdout_lacks(texts).stderr_lacks(texts)
+    }
+
+    #[track_caller]
+    fn check(&self, stream: &str, text: &str, texts: &[&str], wanted: bool) -> &Self {
+        for t in texts {
+            if text.contains(t) != wanted {
+                panic!(
+                    "the {stream} of `xtask {}` {} {t:?}{}",
+                    self.args.join(" "),
+                    if wanted { "lacks" } else { "holds" },
+                    self.output()
+                );
+            }
+        }
+        self
+    }
+
+    /// Both streams, for a failure message.
+    fn output(&self) -> String {
+        format!(
+            "\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.stdout, self.stderr
+        )
+    }
+}
+
+/// `wanted`, `running` and `ready` of `deploy status --output json`.
+pub fn status_counts(status: &serde_json::Value) -> [Option<i64>; 3] {
+    ["wanted", "running", "ready"].map(|key| status[key].as_i64())
+}
+
+/// The command line of one xtask run, built up flag by flag.
+#[derive(Clone, Debug)]
+pub struct Args(pub Vec<String>);
+
+impl Args {
+    pub fn new(words: &[&str]) -> Self {
+        Self(words.iter().map(|w| w.to_string()).collect())
+    }
+
+    /// `image --registry <registry> --tag <tag> --kubernetes-repo <repo> --source-dir <src>`.
+    pub fn image(registry: &str, tag: &str, repo: impl AsRef<OsStr>, src: &Path) -> Self {
+        Self::new(&["image"])
+            .opt("--registry", registry)
+            .opt("--tag", tag)
+            .opt("--kubernetes-repo", repo)
+            .opt("--source-dir", src)
+    }
+
+    /// A flag and its value (a path, say).
+    pub fn opt(mut self, flag: &str, value: impl AsRef<OsStr>) -> Self {
+        let value = value.as_ref().to_str().unwrap().to_owned();
+        self.0.extend([flag.to_owned(), value]);
+        self
+    }
+
+    /// Words added at the end, as they are.
+    pub fn flags(mut self, words: &[&str]) -> Self {
+        self.0.extend(words.iter().map(|w| w.to_string()));
+        self
+    }
+
+    /// A copy with `words` added at the end.
+    pub fn with(&self, words: &[&str]) -> Self {
+        self.clone().flags(words)
+    }
+}
+
+impl std::ops::Deref for Args {
+    type Target = [String];
+
+    fn deref(&self) -> &[String] {
+        &self.0
     }
 }
 
@@ -127,12 +237,17 @@ impl Env {
         serde_json::from_str(&text).unwrap()
     }
 
-    pub fn xtask(&self, args: &[&str]) -> Run {
+    /// Whether a run recorded an image (`image.json` in the state directory).
+    pub fn has_record(&self) -> bool {
+        self.state().join("image.json").exists()
+    }
+
+    pub fn xtask<S: AsRef<str>>(&self, args: &[S]) -> Run {
         self.xtask_with_stdin(args, None)
     }
 
     /// Start the binary with piped stdout and stderr, and return at once.
-    pub fn spawn(&self, args: &[&str]) -> Child {
+    pub fn spawn<S: AsRef<str>>(&self, args: &[S]) -> Child {
         let mut command = self.command(args);
         command
             .stdin(Stdio::null())
@@ -141,9 +256,9 @@ impl Env {
         command.spawn().unwrap()
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    fn command<S: AsRef<str>>(&self, args: &[S]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
-        command.args(args);
+        command.args(args.iter().map(AsRef::as_ref));
         for (key, _) in std::env::vars() {
             // `cargo xtask ci`'s mark stays: what the binary leaves running is found by it.
             let settings = key.starts_with("KUBEMARK_") && key != "KUBEMARK_CI_RUN";
@@ -163,7 +278,7 @@ impl Env {
         command
     }
 
-    pub fn xtask_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+    pub fn xtask_with_stdin<S: AsRef<str>>(&self, args: &[S], stdin: Option<&str>) -> Run {
         let mut command = self.command(args);
         command.stdin(if stdin.is_some() {
             Stdio::piped()
@@ -182,6 +297,7 @@ impl Env {
         }
         let output: Output = child.wait_with_output().unwrap();
         Run {
+            args: args.iter().map(|a| a.as_ref().to_owned()).collect(),
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -193,6 +309,31 @@ impl Default for Env {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Reads `child`'s stderr on a thread to its end: the receiver hears when a
+/// line starts with `prefix`, and the thread returns every line.
+pub fn watch_stderr(child: &mut Child, prefix: &'static str) -> (Receiver<()>, JoinHandle<String>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.starts_with(prefix) {
+                let _ = tx.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    (rx, reader)
+}
+
+/// SIGINT, as Ctrl-C sends it.
+pub fn interrupt(child: &Child) {
+    sh("kill", &["-INT", &child.id().to_string()], None);
 }
 
 /// The Docker CLI, as a check independent of bollard.
