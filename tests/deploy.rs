@@ -1457,3 +1457,118 @@ async fn a_ready_hollow_node_no_pod_of_ours_runs_is_left_by_scale_down_and_destr
         ]);
     assert!(c.master_has_node("hollow-node-other"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_max_deploys_as_many_as_fit_and_render_refuses_it() {
+    let c = Clusters::default().await;
+    // Three workers of 8 CPUs, 32Gi and 110 pods: at 60m and ~216Mi a pod,
+    // the pod slots bind first.
+    c.deploy(&["--replicas", "max", "--dry-run"])
+        .await
+        .assert_code(0)
+        .stderr_has(&[
+            "330 hollow nodes fit on the external cluster (--replicas max): deploying 330",
+            "3 schedulable node(s) of 3 have 24.00 CPU, 98304Mi memory and 330 pod slots free",
+        ])
+        .stdout_has(&["# dry run: both clusters checked, nothing written"]);
+    assert!(
+        !c.has(idx::NAMESPACES, "", "kubemark"),
+        "a dry run writes nothing"
+    );
+    c.run(&["render"], &["--replicas", "max", "--image", IMAGE])
+        .await
+        .assert_code(2)
+        .stderr_has(&["--replicas max: render touches no cluster"]);
+    c.deploy(&["--replicas", "lots"])
+        .await
+        .assert_code(2)
+        .stderr_has(&["or `max` for as many as fit"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_and_status_leave_what_clusterloader2_needs() {
+    let c = Clusters::default().await;
+    let master = c.master.kubeconfig.canonicalize().unwrap();
+    let external = c.external.kubeconfig.canonicalize().unwrap();
+    c.deploy(&["--replicas", "2"]).await.assert_code(0).stdout_has(&[
+        &format!(
+            "clusterloader2: --provider=kubemark --kubeconfig={} --provider-configs=ROOT_KUBECONFIG={} --nodes=2 --masterip=",
+            master.display(),
+            external.display()
+        ),
+        "(as shell variables in ",
+    ]);
+    let env_file = c.env.state().join("clusterloader2.env");
+    let text = std::fs::read_to_string(&env_file).unwrap();
+    assert!(text.contains("CL2_NODES='2'\n"), "{text}");
+    assert!(
+        text.contains(&format!("CL2_KUBECONFIG='{}'\n", master.display())),
+        "{text}"
+    );
+    // The shell reads it as written.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            ". '{}' && printf %s \"$CL2_PROVIDER $CL2_NODES\"",
+            env_file.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kubemark 2");
+    std::fs::remove_file(&env_file).unwrap();
+    let status = c.run(&["status"], &["--output", "json"]).await;
+    status.assert_code(0);
+    let json = status.json();
+    assert_eq!(json["clusterloader2"]["nodes"], 2);
+    assert_eq!(json["clusterloader2"]["schedulable_nodes"], 2);
+    assert!(env_file.exists(), "status writes it too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn doctor_says_ok_warns_and_fails_on_a_problem() {
+    let c = Clusters::default().await;
+    c.deploy(&["--replicas", "2"]).await.assert_code(0);
+    c.run(&["doctor"], &[]).await.assert_code(0).stdout_has(&[
+        "doctor: namespace kubemark",
+        "  ok       daemonsets",
+        "  ok       stuck",
+    ]);
+    // A DaemonSet that would land on the hollow nodes: a warning, exit 0.
+    c.master
+        .store()
+        .create(
+            idx::DAEMONSETS,
+            serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "DaemonSet",
+                "metadata": {"name": "agent", "namespace": "default"},
+                "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
+                    "metadata": {"labels": {"a": "b"}},
+                    "spec": {"containers": [{"name": "c", "image": "agent"}]}}},
+            }),
+        )
+        .unwrap();
+    c.run(&["doctor"], &[]).await.assert_code(0).stdout_has(&[
+        "  warning  daemonsets: DaemonSet default/agent on the master places a pod on every hollow node",
+        "           fix: register the hollow nodes with a taint it does not tolerate",
+    ]);
+    // The namespace now enforces `baseline`: a problem, exit 1, in JSON too.
+    c.external
+        .store()
+        .modify(idx::NAMESPACES, "", "kubemark", None, |ns| {
+            ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "baseline".into();
+            Ok(())
+        })
+        .unwrap();
+    c.run(&["doctor"], &[])
+        .await
+        .assert_code(1)
+        .stdout_has(&[
+            "  problem  pod-security: namespace kubemark enforces the PodSecurity level `baseline`",
+        ])
+        .stderr_has(&["error: the doctor found 1 problem(s) in namespace kubemark"]);
+    let run = c.run(&["doctor"], &["--output", "json"]).await;
+    run.assert_code(1);
+    let report = run.json();
+    assert_eq!(report["findings"][1]["check"], "pod-security", "{report}");
+    assert_eq!(report["findings"][1]["severity"], "problem", "{report}");
+}
