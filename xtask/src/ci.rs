@@ -433,7 +433,15 @@ mod tests {
         let mut other_run = sleeper(Some("1-2"));
         let mut unmarked = sleeper(None);
 
-        let found = marked_processes(&marker);
+        // spawn() returns when exec closed the child's close-on-exec pipe,
+        // which the kernel does before it lays out the new environment: for
+        // a moment /proc/PID/environ reads empty. Look again until it is there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut found = marked_processes(&marker);
+        while found.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            found = marked_processes(&marker);
+        }
         assert_eq!(
             found,
             vec![Leftover {
