@@ -551,3 +551,186 @@ fn the_wait_survives_both_api_servers_restarting() {
     assert_eq!(hollow_nodes(&r.master), (4, 4));
     drop(agent);
 }
+
+/// Per-node identity on a real master: each real hollow kubelet bootstraps
+/// its own `system:node:<name>` certificate (a CSR made with deploy's
+/// bootstrap token, approved and signed by the real controller-manager), and
+/// NodeRestriction keeps it from changing another hollow node's Node.
+#[test]
+fn each_hollow_node_its_own_identity_on_a_real_master() {
+    let Some((_registry, r, agent)) = real_parts() else {
+        return;
+    };
+    let template = template_without_privileged_init(&r.env.path("."));
+    let run = r
+        .env
+        .xtask(&guide_deploy(&r, &template, "3").flags(&["--node-identity", "per-node"]));
+    if run.code != 0 {
+        eprintln!("{}", agent.log_tail(60));
+    }
+    run.assert_code(0).stdout_has(&[
+        "3 hollow nodes Ready in namespace kubemark",
+        "node identity per-node",
+    ]);
+    run.stderr_has(&[
+        "node identity: per-node: each hollow kubelet bootstraps its own system:node certificate",
+    ]);
+    assert_eq!(hollow_nodes(&r.master), (3, 3));
+
+    // The token deploy made, and the CSRs made with it: one per hollow node,
+    // approved and issued by the real controller-manager.
+    let token_id = r
+        .master
+        .kubectl(&[
+            "-n",
+            "kube-system",
+            "get",
+            "secrets",
+            "-l",
+            "kubemark.dev/hollow-node=kubemark",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])
+        .unwrap();
+    let token_id = token_id
+        .trim()
+        .strip_prefix("bootstrap-token-")
+        .unwrap()
+        .to_owned();
+    let csrs = r
+        .master
+        .kubectl(&[
+            "get",
+            "csr",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.username} {.spec.signerName} {.status.conditions[0].type} {.status.certificate}{\"\\n\"}{end}",
+        ])
+        .unwrap();
+    let ours: Vec<&str> = csrs
+        .lines()
+        .filter(|l| l.starts_with(&format!("system:bootstrap:{token_id} ")))
+        .collect();
+    assert_eq!(ours.len(), 3, "{csrs}");
+    for csr in &ours {
+        let fields: Vec<&str> = csr.split_whitespace().collect();
+        assert_eq!(
+            &fields[1..3],
+            ["kubernetes.io/kube-apiserver-client-kubelet", "Approved"],
+            "{csr}"
+        );
+        assert!(fields.len() == 4 && !fields[3].is_empty(), "issued: {csr}");
+    }
+
+    // One hollow kubelet's own credential, from its container: the master
+    // knows it as that node, and NodeRestriction refuses it another's Node.
+    let names = r
+        .master
+        .kubectl(&[
+            "get",
+            "nodes",
+            "-l",
+            "kubemark.dev/hollow-node=kubemark",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .unwrap();
+    let names: Vec<&str> = names.split_whitespace().collect();
+    let (me, other) = (names[0], names[1]);
+    let container = support::sh(
+        "docker",
+        &[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=io.kubernetes.pod.name={me}"),
+            "--filter",
+            "label=io.kubernetes.container.name=hollow-kubelet",
+        ],
+        None,
+    );
+    let pem = r.env.path("hollow-kubelet.pem");
+    support::sh(
+        "docker",
+        &[
+            "cp",
+            "-L",
+            &format!(
+                "{}:/var/lib/hollow-identity/pki/kubelet-client-current.pem",
+                container.trim()
+            ),
+            pem.to_str().unwrap(),
+        ],
+        None,
+    );
+    let as_node = |args: &[&str]| {
+        let pem = pem.to_str().unwrap();
+        let ca = r.master.dir.join("ca.crt");
+        let output = std::process::Command::new("kubectl")
+            .args([
+                "--server",
+                &r.master.server,
+                "--certificate-authority",
+                ca.to_str().unwrap(),
+                "--client-certificate",
+                pem,
+                "--client-key",
+                pem,
+                "--kubeconfig",
+                "/dev/null",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    };
+    let (ok, who) = as_node(&[
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
+    assert!(ok, "{who}");
+    assert_eq!(who.trim(), format!("system:node:{me}"));
+    let (ok, out) = as_node(&["label", "node", me, "kubemark-test/self=yes"]);
+    assert!(ok, "a node may label itself: {out}");
+    let (ok, out) = as_node(&["label", "node", other, "kubemark-test/other=yes"]);
+    assert!(!ok, "NodeRestriction lets {me} change {other}: {out}");
+    assert!(
+        out.contains("Forbidden") || out.contains("forbidden"),
+        "{out}"
+    );
+
+    // destroy takes the token, the bindings and the CSRs with it.
+    r.xtask(&["destroy"], None, &["--timeout", "180s"])
+        .assert_code(0)
+        .stdout_has(&[
+            "per-node identity on the master: ",
+            &format!("Secret kube-system/bootstrap-token-{token_id}"),
+            "ClusterRoleBinding kubemark-deploy:kubemark:node-bootstrapper",
+        ]);
+    let left = r
+        .master
+        .kubectl(&["get", "csr,clusterrolebindings", "-o", "name"])
+        .unwrap();
+    assert!(!left.contains("kubemark-deploy:kubemark"), "{left}");
+    assert!(
+        r.master
+            .kubectl(&["-n", "kube-system", "get", "secrets", "-o", "name"])
+            .unwrap()
+            .lines()
+            .all(|l| !l.contains(&token_id)),
+    );
+    let csrs_left = r
+        .master
+        .kubectl(&["get", "csr", "-o", "jsonpath={.items[*].spec.username}"])
+        .unwrap();
+    assert!(!csrs_left.contains(&token_id), "{csrs_left}");
+    drop(agent);
+}

@@ -4,6 +4,7 @@
 //! applied: one that existed is used as it is and never marked as deploy's.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ReplicationController, Secret};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::NamespaceResourceScope;
@@ -21,12 +22,22 @@ async fn apply<K>(api: Api<K>, m: &Manifest, adopt: bool, events: &Events) -> Re
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    apply_on(Side::External, api, m, adopt, events).await
+}
+
+async fn apply_on<K>(
+    side: Side,
+    api: Api<K>,
+    m: &Manifest,
+    adopt: bool,
+    events: &Events,
+) -> Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
     let existing = crate::retry::call(|| api.get_opt(&m.name))
         .await
-        .map_err(Error::api(
-            Side::External,
-            format!("reading {} {}", m.kind, m.name),
-        ))?;
+        .map_err(Error::api(side, format!("reading {} {}", m.kind, m.name)))?;
     // The preflight checked this; somebody may have made it since.
     if let Some(o) = existing.as_ref().filter(|o| !adopt && !managed_by_us(*o)) {
         return Err(Error::Refused {
@@ -46,10 +57,7 @@ where
     let patch = Patch::Apply(&m.value);
     let after = crate::retry::call(|| api.patch(&m.name, &params, &patch))
         .await
-        .map_err(Error::api(
-            Side::External,
-            format!("applying {} {}", m.kind, m.name),
-        ))?;
+        .map_err(Error::api(side, format!("applying {} {}", m.kind, m.name)))?;
     events.emit(Event::Applied {
         kind: m.kind.to_owned(),
         name: m.name.clone(),
@@ -161,6 +169,25 @@ async fn ensure_namespace(client: &Client, m: &Manifest, events: &Events) -> Res
             "namespace {} existed before deploy: used as it is, not taken over (destroy deletes only what deploy makes in it, never the namespace)",
             m.name
         ));
+    }
+    Ok(())
+}
+
+/// Apply what the plan puts on the master (per-node identity's bootstrap
+/// token in `kube-system` and its ClusterRoleBindings), before the pods that
+/// need them exist.
+pub async fn master(client: &Client, plan: &Plan, adopt: bool, events: &Events) -> Result<()> {
+    for m in &plan.master {
+        match m.kind {
+            "Secret" => {
+                let api: Api<Secret> = Api::namespaced(client.clone(), "kube-system");
+                apply_on(Side::Master, api, m, adopt, events).await?;
+            }
+            _ => {
+                let api: Api<ClusterRoleBinding> = Api::all(client.clone());
+                apply_on(Side::Master, api, m, adopt, events).await?;
+            }
+        }
     }
     Ok(())
 }

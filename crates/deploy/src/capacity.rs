@@ -139,7 +139,7 @@ pub async fn most(
             replicas: n,
             ..spec.clone()
         };
-        let plan = crate::plan::build(&spec, master)?;
+        let plan = crate::plan::build(&spec, master, None)?;
         Ok(room(&nodes, &pods, &spec, &plan))
     };
     // Requests are smallest for one node: no more than this many fit.

@@ -40,6 +40,9 @@ pub struct Destroyed {
     /// Whether the namespace was deleted (only one deploy created).
     pub namespace: bool,
     pub nodes: usize,
+    /// Per-node identity's objects on the master: the bootstrap token, the
+    /// ClusterRoleBindings, the CSRs made with the token (`Kind name` each).
+    pub identity: Vec<String>,
     /// What was left, and why: the namespace when it is not deploy's, the
     /// objects in it that deploy did not make.
     pub left: Vec<String>,
@@ -50,6 +53,7 @@ impl Destroyed {
     pub fn deleted_anything(&self) -> bool {
         self.replication_controllers + self.pods + self.secrets + self.configmaps + self.nodes > 0
             || self.namespace
+            || !self.identity.is_empty()
     }
 }
 
@@ -71,7 +75,7 @@ pub async fn destroy(
         "destroy",
         format!("what deploy made for namespace {namespace}, on both clusters"),
     );
-    preflight(external, master, namespace, events).await?;
+    let identity = preflight(external, master, namespace, events).await?;
     if cancel.is_cancelled() {
         return Err(Error::Cancelled);
     }
@@ -180,6 +184,14 @@ pub async fn destroy(
         done.nodes += 1;
     }
 
+    match identity {
+        Some(true) => done.identity = crate::identity::remove(master, namespace, events).await?,
+        Some(false) => {}
+        None => done.left.push(
+            "per-node identity's bootstrap token and bindings in the master's kube-system, if any: these credentials may not list them".into(),
+        ),
+    }
+
     // Wait until everything is gone.
     if done.namespace {
         until_gone(
@@ -236,13 +248,15 @@ pub async fn destroy(
 
 /// Both clusters answer, and the credentials may do every delete destroy does
 /// (deleting the namespace only when destroy would: a namespace admin who may
-/// not delete namespaces can still destroy in a namespace deploy did not create).
+/// not delete namespaces can still destroy in a namespace deploy did not create;
+/// per-node identity's objects only when there are some). Returns whether
+/// per-node identity's objects are there (`None`: they cannot be seen).
 async fn preflight(
     external: &Cluster,
     master: &Cluster,
     namespace: &str,
     events: &Events,
-) -> Result<()> {
+) -> Result<Option<bool>> {
     crate::preflight::version(external).await?;
     crate::preflight::version(master).await?;
     let ns_api: Api<Namespace> = Api::all(external.client.clone());
@@ -268,16 +282,40 @@ async fn preflight(
         ]);
     }
     crate::preflight::permissions(external, &checks, events).await?;
-    crate::preflight::permissions(
-        master,
-        &[
-            ("list", "", "nodes", "", None),
-            ("watch", "", "nodes", "", None),
-            ("delete", "", "nodes", "", None),
-        ],
-        events,
-    )
-    .await
+    let identity = crate::identity::present(master, namespace).await;
+    let mut master_checks = vec![
+        ("list", "", "nodes", "", None),
+        ("watch", "", "nodes", "", None),
+        ("delete", "", "nodes", "", None),
+    ];
+    if identity == Some(true) {
+        master_checks.extend([
+            ("delete", "", "secrets", "", Some("kube-system")),
+            (
+                "delete",
+                "rbac.authorization.k8s.io",
+                "clusterrolebindings",
+                "",
+                None,
+            ),
+            (
+                "list",
+                "certificates.k8s.io",
+                "certificatesigningrequests",
+                "",
+                None,
+            ),
+            (
+                "delete",
+                "certificates.k8s.io",
+                "certificatesigningrequests",
+                "",
+                None,
+            ),
+        ]);
+    }
+    crate::preflight::permissions(master, &master_checks, events).await?;
+    Ok(identity)
 }
 
 /// A delete; already gone counts as done (another destroy, a cascade).

@@ -21,6 +21,7 @@ pub mod diagnose;
 pub mod doctor;
 pub mod error;
 pub mod event;
+pub mod identity;
 pub mod kubeconfig;
 pub mod plan;
 pub mod preflight;
@@ -50,12 +51,20 @@ pub struct Outcome {
     pub summary: Option<wait::Summary>,
     /// What clusterloader2 needs to run against the cluster (after a wait).
     pub clusterloader2: Option<clusterloader2::Clusterloader2>,
+    /// `per-node` or `shared`.
+    pub node_identity: &'static str,
 }
 
 /// The plan, with the master kubeconfig prepared for pods; touches no cluster.
+/// With `--node-identity per-node` the bootstrap token in it is a new one
+/// (deploy reuses the master's, if deploy made one there before).
 pub fn render(spec: &Spec) -> Result<(Plan, kubeconfig::PodKubeconfig)> {
     let pod_kubeconfig = kubeconfig::for_pods(&spec.master, spec.allow_loopback_master)?;
-    let plan = plan::build(spec, &pod_kubeconfig)?;
+    let token = match spec.node_identity {
+        identity::NodeIdentity::PerNode => Some(identity::BootstrapToken::generate()?),
+        _ => None,
+    };
+    let plan = plan::build(spec, &pod_kubeconfig, token.as_ref())?;
     Ok((plan, pod_kubeconfig))
 }
 
@@ -105,7 +114,9 @@ pub async fn check(spec: &Spec, events: &Events) -> Result<Checked> {
         "preflight",
         "rendering the manifests and checking both clusters",
     );
-    let (plan, pod_kubeconfig) = render(spec)?;
+    // Shared first: a template that does not render fails before any connection.
+    let pod_kubeconfig = kubeconfig::for_pods(&spec.master, spec.allow_loopback_master)?;
+    let shared = plan::build(spec, &pod_kubeconfig, None)?;
     if pod_kubeconfig.insecure {
         events.warn("the master kubeconfig turns TLS verification off (insecure-skip-tls-verify): the hollow nodes will not verify the master");
     }
@@ -116,6 +127,10 @@ pub async fn check(spec: &Spec, events: &Events) -> Result<Checked> {
         ));
     }
     let (external, master) = connect(&spec.external, &spec.master).await?;
+    let plan = match identity::decide(spec, &master, events).await? {
+        Some(token) => plan::build(spec, &pod_kubeconfig, Some(&token))?,
+        None => shared,
+    };
     let findings = preflight::run(spec, &plan, &external, &master, events).await?;
     Ok(Checked {
         plan,
@@ -144,6 +159,8 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &CancellationToken) ->
         ),
     );
     let pods_before = wait::pod_names(&external, &spec.namespace, &plan.selector).await?;
+    let per_node = !plan.master.is_empty();
+    apply::master(&master.client, &plan, spec.adopt, events).await?;
     apply::run(&external.client, &spec.namespace, &plan, spec.adopt, events).await?;
     let summary = if spec.wait {
         events.stage(
@@ -189,6 +206,7 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &CancellationToken) ->
         image: spec.image.to_string(),
         template: plan.template_name,
         findings,
+        node_identity: if per_node { "per-node" } else { "shared" },
         summary,
         clusterloader2,
     })

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::capacity::{Requests, pod_requests};
 use crate::error::{Error, Result};
+use crate::identity::{BootstrapToken, NodeIdentity};
 use crate::kubeconfig::{PodKubeconfig, Source};
 use crate::template::{Choice, Template};
 pub use kubemark_contract::ImageRef;
@@ -97,6 +98,8 @@ pub struct Spec {
     pub skip_capacity_check: bool,
     /// Take over objects with the plan's names that deploy did not make.
     pub adopt: bool,
+    /// Which credential the hollow kubelets use.
+    pub node_identity: NodeIdentity,
 }
 
 impl Spec {
@@ -121,6 +124,7 @@ impl Spec {
             allow_loopback_master: false,
             skip_capacity_check: false,
             adopt: false,
+            node_identity: NodeIdentity::Auto,
         }
     }
 
@@ -156,6 +160,9 @@ pub struct Plan {
     pub template_name: String,
     /// Configmaps the template mounts that deploy does not create.
     pub foreign_configmaps: Vec<String>,
+    /// What deploy applies on the master (per-node identity: the bootstrap
+    /// token and two ClusterRoleBindings); empty for shared identity.
+    pub master: Vec<Manifest>,
 }
 
 impl Plan {
@@ -313,7 +320,9 @@ fn keep_image_as_given(rc: &mut Value, image: &ImageRef, vars: &BTreeMap<String,
 }
 
 /// Render the template and build every object; nothing touches a cluster.
-pub fn build(spec: &Spec, master: &PodKubeconfig) -> Result<Plan> {
+/// The plan; `token` gives the hollow nodes per-node identity (the template
+/// must support it: the `node_identity` placeholder).
+pub fn build(spec: &Spec, master: &PodKubeconfig, token: Option<&BootstrapToken>) -> Result<Plan> {
     check_namespace(&spec.namespace)?;
     if spec.replicas > MAX_REPLICAS {
         return Err(Error::Usage(format!(
@@ -322,7 +331,20 @@ pub fn build(spec: &Spec, master: &PodKubeconfig) -> Result<Plan> {
         )));
     }
     let template = Template::load(&spec.template)?;
-    let vars = variables(spec, master)?;
+    let mut vars = variables(spec, master)?;
+    if token.is_some() && !template.supports_node_identity()? {
+        return Err(Error::Usage(format!(
+            "per-node identity: the template {} does not support it (it has no `node_identity` placeholder; the project's template does)",
+            template.name
+        )));
+    }
+    let identity = if token.is_some() {
+        "per-node"
+    } else {
+        "shared"
+    };
+    vars.entry("node_identity".into())
+        .or_insert_with(|| identity.to_owned());
     let rendered = template.render(&vars)?;
     let bad = |reason: String| Error::Manifest {
         name: template.name.clone(),
@@ -403,6 +425,18 @@ pub fn build(spec: &Spec, master: &PodKubeconfig) -> Result<Plan> {
         })
         .collect();
     let encode = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut data: serde_json::Map<String, Value> = SECRET_KEYS
+        .iter()
+        .map(|k| (k.to_string(), json!(encode(&master.yaml))))
+        .collect();
+    if let Some(token) = token {
+        data.insert(
+            crate::identity::BOOTSTRAP_KEY.into(),
+            json!(encode(&crate::identity::bootstrap_kubeconfig(
+                master, token
+            )?)),
+        );
+    }
     let secrets = secret_names
         .iter()
         .map(|name| Manifest {
@@ -413,7 +447,7 @@ pub fn build(spec: &Spec, master: &PodKubeconfig) -> Result<Plan> {
                 "kind": "Secret",
                 "metadata": {"name": name, "namespace": spec.namespace},
                 "type": "Opaque",
-                "data": SECRET_KEYS.iter().map(|k| (k.to_string(), json!(encode(&master.yaml)))).collect::<serde_json::Map<_, _>>(),
+                "data": data,
             }),
         })
         .collect();
@@ -460,6 +494,9 @@ pub fn build(spec: &Spec, master: &PodKubeconfig) -> Result<Plan> {
         pod,
         template_name: template.name,
         foreign_configmaps: foreign,
+        master: token
+            .map(|t| crate::identity::master_manifests(&spec.namespace, t))
+            .unwrap_or_default(),
     })
 }
 

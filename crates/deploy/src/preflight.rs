@@ -308,6 +308,40 @@ async fn admission(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events
     }
 }
 
+/// What deploy would write on the master (per-node identity's ClusterRoleBindings)
+/// must not be somebody else's, unless `--adopt`.
+async fn master_ownership(spec: &Spec, plan: &Plan, master: &Cluster) -> Result<()> {
+    let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(master.client.clone());
+    let mut foreign = Vec::new();
+    for m in plan
+        .master
+        .iter()
+        .filter(|m| m.kind == "ClusterRoleBinding")
+    {
+        let existing = crate::retry::call(|| crbs.get_opt(&m.name))
+            .await
+            .map_err(Error::api(
+                Side::Master,
+                format!("reading ClusterRoleBinding {}", m.name),
+            ))?;
+        if let Some(o) = existing.filter(|o| !managed_by_us(o)) {
+            foreign.push(format!("ClusterRoleBinding {} ({})", m.name, managers(&o)));
+        }
+    }
+    if foreign.is_empty() || spec.adopt {
+        return Ok(());
+    }
+    Err(Error::Refused {
+        what: format!(
+            "{} object(s) deploy would write on the master already exist and are not deploy's",
+            foreign.len()
+        ),
+        details: foreign,
+        hint: "nothing was changed: delete or rename them, or pass --adopt to take them over"
+            .into(),
+    })
+}
+
 /// How many schedulable, untainted nodes clusterloader2 will see on the
 /// master once the hollow nodes are Ready, hollow or not: said as a note, and
 /// a warning when it is not the hollow nodes alone.
@@ -399,15 +433,25 @@ pub async fn run(
         events,
     )
     .await?;
-    permissions(
-        master,
-        &[
-            ("watch", "", "nodes", "", None),
-            ("delete", "", "nodes", "", None),
-        ],
-        events,
-    )
-    .await?;
+    let mut master_checks = vec![
+        ("watch", "", "nodes", "", None),
+        ("delete", "", "nodes", "", None),
+    ];
+    if !plan.master.is_empty() {
+        master_checks.extend([
+            ("list", "", "secrets", "", Some("kube-system")),
+            ("patch", "", "secrets", "", Some("kube-system")),
+            (
+                "patch",
+                "rbac.authorization.k8s.io",
+                "clusterrolebindings",
+                "",
+                None,
+            ),
+        ]);
+    }
+    permissions(master, &master_checks, events).await?;
+    master_ownership(spec, plan, master).await?;
     clusterloader2_view(spec, master, events).await;
     let patient = crate::doctor::Patient {
         external,

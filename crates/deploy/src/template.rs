@@ -62,6 +62,11 @@ impl Template {
         Ok(placeholders(&env, &compiled))
     }
 
+    /// Whether the template can give hollow nodes per-node identity.
+    pub fn supports_node_identity(&self) -> Result<bool> {
+        Ok(self.placeholders()?.contains("node_identity"))
+    }
+
     /// Render with `vars`; every placeholder must have a value.
     pub fn render(&self, vars: &BTreeMap<String, String>) -> Result<String> {
         let env = environment();
@@ -152,6 +157,7 @@ mod tests {
                 "kubemark_image_registry",
                 "kubemark_image_tag",
                 "namespace",
+                "node_identity",
                 "numreplicas",
             ]
         );

@@ -70,6 +70,7 @@ async fn deploy_again_scale_down_and_destroy_as_the_user_reads_it() {
         expect![[r#"
             == preflight: rendering the manifests and checking both clusters
             warning: the master is at a loopback address (<master>): this works only for pods on the host's network (--allow-loopback-master)
+            note: node identity: shared, one credential for every hollow node (the master does not serve rbac.authorization.k8s.io/v1 ClusterRoleBindings or certificates.k8s.io/v1 CertificateSigningRequests; --node-identity per-node asks for per-node anyway)
             note: external cluster <external> (v1.33.0), context sim-external
             note: kubemark master <master> (v1.33.2), context sim-master
             note: clusterloader2 will see 3 schedulable node(s) on the master: 3 hollow, 0 other
@@ -92,6 +93,7 @@ async fn deploy_again_scale_down_and_destroy_as_the_user_reads_it() {
         expect![[r#"
             == preflight: rendering the manifests and checking both clusters
             warning: the master is at a loopback address (<master>): this works only for pods on the host's network (--allow-loopback-master)
+            note: node identity: shared, one credential for every hollow node (the master does not serve rbac.authorization.k8s.io/v1 ClusterRoleBindings or certificates.k8s.io/v1 CertificateSigningRequests; --node-identity per-node asks for per-node anyway)
             note: external cluster <external> (v1.33.0), context sim-external
             note: kubemark master <master> (v1.33.2), context sim-master
             note: clusterloader2 will see 3 schedulable node(s) on the master: 3 hollow, 0 other
@@ -114,6 +116,7 @@ async fn deploy_again_scale_down_and_destroy_as_the_user_reads_it() {
         expect![[r#"
             == preflight: rendering the manifests and checking both clusters
             warning: the master is at a loopback address (<master>): this works only for pods on the host's network (--allow-loopback-master)
+            note: node identity: shared, one credential for every hollow node (the master does not serve rbac.authorization.k8s.io/v1 ClusterRoleBindings or certificates.k8s.io/v1 CertificateSigningRequests; --node-identity per-node asks for per-node anyway)
             note: external cluster <external> (v1.33.0), context sim-external
             note: kubemark master <master> (v1.33.2), context sim-master
             note: clusterloader2 will see 1 schedulable node(s) on the master: 1 hollow, 0 other
@@ -206,6 +209,7 @@ async fn a_secret_deploy_did_not_make_stops_it_before_any_write() {
         expect![[r#"
             == preflight: rendering the manifests and checking both clusters
             warning: the master is at a loopback address (<master>): this works only for pods on the host's network (--allow-loopback-master)
+            note: node identity: shared, one credential for every hollow node (the master does not serve rbac.authorization.k8s.io/v1 ClusterRoleBindings or certificates.k8s.io/v1 CertificateSigningRequests; --node-identity per-node asks for per-node anyway)
             note: external cluster <external> (v1.33.0), context sim-external
             note: kubemark master <master> (v1.33.2), context sim-master
             note: namespace kubemark exists and deploy did not create it: deploy works in it but does not take it over, and destroy will not delete it
@@ -274,5 +278,52 @@ async fn clusterloader2_is_told_of_schedulable_nodes_that_are_not_hollow() {
     assert!(
         log.contains("warning: clusterloader2 will also count 1 schedulable node(s) on the master that are not this deploy's hollow nodes"),
         "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_node_identity_on_a_master_without_tls_bootstrap_is_refused_before_any_write() {
+    // The simulator serves no ClusterRoleBindings and no CSRs: as far as it
+    // models TLS bootstrap, that is all it can say.
+    let c = Clusters::start().await;
+    let mut spec = c.spec(2);
+    spec.node_identity = kubemark_deploy::identity::NodeIdentity::PerNode;
+    let e = kubemark_deploy::deploy(&spec, &c.events(), &CancellationToken::new())
+        .await
+        .unwrap_err();
+    check(
+        &shown(&e),
+        expect![[r#"
+            error: --node-identity per-node: the master does not serve rbac.authorization.k8s.io/v1 ClusterRoleBindings or certificates.k8s.io/v1 CertificateSigningRequests
+            hint: per-node identity needs TLS bootstrap on the master; deploy with --node-identity shared
+        "#]],
+    );
+    let (external, _) = c.connect().await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(external.client.clone());
+    assert!(
+        namespaces.get_opt("kubemark").await.unwrap().is_none(),
+        "nothing written"
+    );
+    // Rendering needs no master: the plan shows the bootstrap kubeconfig and
+    // the master's objects (a new token, its secret redacted).
+    let (plan, _) = kubemark_deploy::render(&spec).unwrap();
+    let kinds: Vec<&str> = plan.master.iter().map(|m| m.kind).collect();
+    assert_eq!(
+        kinds,
+        ["Secret", "ClusterRoleBinding", "ClusterRoleBinding"]
+    );
+    let yaml = plan.to_yaml(false);
+    assert!(yaml.contains("bootstrap.kubeconfig: '<redacted:"), "{yaml}");
+    assert!(
+        yaml.contains("--bootstrap-kubeconfig=/kubeconfig/bootstrap.kubeconfig"),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("--cert-dir=/var/lib/hollow-identity/pki"),
+        "{yaml}"
+    );
+    assert!(
+        !yaml.contains("--kubeconfig=/kubeconfig/kubelet.kubeconfig"),
+        "{yaml}"
     );
 }

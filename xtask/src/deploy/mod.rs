@@ -127,6 +127,12 @@ pub struct DeployArgs {
     /// Deploy even if the external cluster seems too small.
     #[arg(long, env = "KUBEMARK_SKIP_CAPACITY_CHECK")]
     skip_capacity_check: bool,
+    /// Which credential the hollow kubelets use: `per-node` (each its own
+    /// system:node certificate by TLS bootstrap), `shared` (the master
+    /// kubeconfig's), `auto` (per-node when the template and the master are known
+    /// to allow it, else shared).
+    #[arg(long, value_enum, env = "KUBEMARK_NODE_IDENTITY", default_value_t)]
+    node_identity: NodeIdentityArg,
     /// Take over existing objects with the names deploy writes (a Secret `kubeconfig`, ...)
     /// that deploy did not make: deploy overwrites them and destroy deletes them.
     #[arg(long, env = "KUBEMARK_ADOPT")]
@@ -168,6 +174,15 @@ pub enum Action {
         #[arg(long)]
         show_secrets: bool,
     },
+}
+
+/// `--node-identity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NodeIdentityArg {
+    #[default]
+    Auto,
+    Shared,
+    PerNode,
 }
 
 /// `cargo xtask deploy [status|destroy|render]`.

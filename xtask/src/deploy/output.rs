@@ -53,7 +53,10 @@ pub fn print_outcome(o: &kubemark_deploy::Outcome, json: bool) {
             o.replicas, o.namespace
         ),
     }
-    println!("  image {}, template {}", o.image, o.template);
+    println!(
+        "  image {}, template {}, node identity {}",
+        o.image, o.template, o.node_identity
+    );
     if let Some(cl2) = &o.clusterloader2 {
         print_clusterloader2(cl2);
     }
@@ -128,6 +131,12 @@ pub fn print_destroyed(d: &kubemark_deploy::destroy::Destroyed, json: bool) {
         );
     } else {
         println!("nothing to destroy");
+    }
+    if !d.identity.is_empty() {
+        println!(
+            "  per-node identity on the master: {}",
+            d.identity.join(", ")
+        );
     }
     for line in &d.left {
         println!("  left: {line}");

@@ -9,9 +9,10 @@ use std::time::Duration;
 use kubemark_contract::{ImageRef, Quantity};
 use kubemark_deploy::{Choice, Resources, Source, Spec};
 
-use super::{ClusterArgs, DeployArgs};
+use super::{ClusterArgs, DeployArgs, NodeIdentityArg};
 use crate::Global;
 use crate::report::Failure;
+use kubemark_deploy::identity::NodeIdentity;
 
 pub struct Clusters {
     pub external: Source,
@@ -330,6 +331,11 @@ pub fn spec(a: &DeployArgs, global: &Global) -> Result<(Spec, bool), Failure> {
             allow_loopback_master: a.allow_loopback_master,
             skip_capacity_check: a.skip_capacity_check,
             adopt: a.adopt,
+            node_identity: match a.node_identity {
+                NodeIdentityArg::Auto => NodeIdentity::Auto,
+                NodeIdentityArg::Shared => NodeIdentity::Shared,
+                NodeIdentityArg::PerNode => NodeIdentity::PerNode,
+            },
         },
         max,
     ))

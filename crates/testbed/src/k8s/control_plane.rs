@@ -118,6 +118,8 @@ impl ControlPlane {
             "--authorization-mode=Node,RBAC".into(),
             "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,NodeRestriction,PodSecurity,LimitRanger,ResourceQuota".into(),
             "--allow-privileged=true".into(),
+            // Hollow kubelets with per-node identity bootstrap with a token.
+            "--enable-bootstrap-token-auth=true".into(),
             "--profiling=false".into(),
             // No kubernetes Service endpoints: the address may be loopback, and
             // nothing in these tests reaches the API through the Service.

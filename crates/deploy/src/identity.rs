@@ -1,0 +1,513 @@
+//! Per-node identity: each hollow kubelet gets its own `system:node:<name>`
+//! client certificate through the standard TLS bootstrap, so that the master's
+//! Node authorizer and NodeRestriction see real node identities (upstream
+//! gives every hollow node one shared credential, kubernetes#79883).
+//!
+//! On the master deploy writes, under its field manager and labelled for the
+//! namespace: a bootstrap token (a Secret `bootstrap-token-<id>` in
+//! `kube-system`, with an expiry) whose group is
+//! `system:bootstrappers:kubemark-deploy:<namespace>`, and two
+//! ClusterRoleBindings that let that group create node CSRs and have the
+//! master's approver approve them. The pod secret gets `bootstrap.kubeconfig`
+//! (the master's address and CA, the token), and the template passes
+//! `--bootstrap-kubeconfig` and `--cert-dir` to the hollow kubelet. destroy
+//! removes the token, the bindings and the CSRs made with the token.
+
+use std::time::Duration;
+
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo};
+use serde_json::json;
+
+use crate::error::{Error, Result, Side};
+use crate::event::{Events, Say};
+use crate::kubeconfig::{Cluster, PodKubeconfig};
+use crate::plan::{MANAGED_BY, Manifest, NODE_LABEL};
+
+/// Which credential the hollow kubelets use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeIdentity {
+    /// Per-node when the template supports it and the master is known to sign
+    /// node client certificates; shared otherwise (said as a note).
+    #[default]
+    Auto,
+    /// The master kubeconfig's credential, the same for every hollow node.
+    Shared,
+    /// Each hollow node its own certificate, by TLS bootstrap.
+    PerNode,
+}
+
+/// How long a bootstrap token lives; every deploy renews it. Long enough for
+/// a scalability run of days, in which hollow-node pods that are recreated
+/// bootstrap again.
+pub const TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The key of the pod secret that holds the bootstrap kubeconfig.
+pub const BOOTSTRAP_KEY: &str = "bootstrap.kubeconfig";
+
+/// A bootstrap token, `<id>.<secret>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BootstrapToken {
+    pub id: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for BootstrapToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapToken")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl BootstrapToken {
+    /// A new random token: 6 and 16 characters of `[a-z0-9]`.
+    pub fn generate() -> Result<Self> {
+        let mut bytes = [0u8; 22];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+            .map_err(|source| Error::Io {
+                doing: "reading",
+                path: "/dev/urandom".into(),
+                source,
+            })?;
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let chars: String = bytes
+            .iter()
+            .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+            .collect();
+        Ok(Self {
+            id: chars[..6].to_owned(),
+            secret: chars[6..].to_owned(),
+        })
+    }
+
+    /// The user the API server sees for this token.
+    pub fn username(&self) -> String {
+        format!("system:bootstrap:{}", self.id)
+    }
+
+    fn from_secret(s: &Secret) -> Option<Self> {
+        let data = s.data.as_ref()?;
+        let text = |k: &str| Some(String::from_utf8_lossy(&data.get(k)?.0).into_owned());
+        Some(Self {
+            id: text("token-id")?,
+            secret: text("token-secret")?,
+        })
+    }
+}
+
+/// The group the token's user is in, one per namespace.
+pub fn group(namespace: &str) -> String {
+    format!("system:bootstrappers:kubemark-deploy:{namespace}")
+}
+
+/// The ClusterRoleBindings deploy makes: (name, the ClusterRole it binds).
+pub fn bindings(namespace: &str) -> [(String, &'static str); 2] {
+    [
+        (
+            format!("kubemark-deploy:{namespace}:node-bootstrapper"),
+            "system:node-bootstrapper",
+        ),
+        (
+            format!("kubemark-deploy:{namespace}:node-autoapprove"),
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+        ),
+    ]
+}
+
+/// The labels that mark deploy's objects on the master for `namespace`.
+fn labels(namespace: &str) -> serde_json::Value {
+    json!({MANAGED_BY.0: MANAGED_BY.1, NODE_LABEL: namespace})
+}
+
+fn selector(namespace: &str) -> String {
+    format!("{}={},{NODE_LABEL}={namespace}", MANAGED_BY.0, MANAGED_BY.1)
+}
+
+/// What deploy applies on the master for per-node identity.
+pub fn master_manifests(namespace: &str, token: &BootstrapToken) -> Vec<Manifest> {
+    let expires = jiff::Timestamp::now()
+        + jiff::SignedDuration::try_from(TOKEN_TTL).unwrap_or(jiff::SignedDuration::ZERO);
+    let mut out = vec![Manifest {
+        kind: "Secret",
+        name: format!("bootstrap-token-{}", token.id),
+        value: json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": format!("bootstrap-token-{}", token.id),
+                "namespace": "kube-system",
+                "labels": labels(namespace),
+            },
+            "type": "bootstrap.kubernetes.io/token",
+            "stringData": {
+                "description": format!("kubemark-deploy: hollow nodes of namespace {namespace}"),
+                "token-id": token.id,
+                "token-secret": token.secret,
+                // Rounded to the hour, so that deploys within it change nothing.
+                "expiration": expires.round(jiff::Unit::Hour).unwrap_or(expires).to_string(),
+                "usage-bootstrap-authentication": "true",
+                "auth-extra-groups": group(namespace),
+            },
+        }),
+    }];
+    for (name, role) in bindings(namespace) {
+        out.push(Manifest {
+            kind: "ClusterRoleBinding",
+            name: name.clone(),
+            value: json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": name, "labels": labels(namespace)},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group(namespace)}],
+            }),
+        });
+    }
+    out
+}
+
+/// The kubeconfig the hollow kubelets bootstrap with: the master's address
+/// and CA from the pod kubeconfig, the token as the only credential.
+pub fn bootstrap_kubeconfig(master: &PodKubeconfig, token: &BootstrapToken) -> Result<String> {
+    let mut doc = Kubeconfig::from_yaml(&master.yaml)
+        .map_err(|e| Error::Usage(format!("the master kubeconfig for pods: {e}")))?;
+    doc.auth_infos = vec![NamedAuthInfo {
+        name: doc
+            .auth_infos
+            .first()
+            .map_or_else(|| "kubelet-bootstrap".to_owned(), |a| a.name.clone()),
+        auth_info: Some(AuthInfo {
+            token: Some(format!("{}.{}", token.id, token.secret).into()),
+            ..AuthInfo::default()
+        }),
+        ..NamedAuthInfo::default()
+    }];
+    serde_yaml::to_string(&doc).map_err(|e| Error::Usage(format!("the bootstrap kubeconfig: {e}")))
+}
+
+/// Whether per-node identity left deploy's objects on the master for
+/// `namespace` (its bootstrap token, its ClusterRoleBindings); `None` when the
+/// credentials may not look.
+pub async fn present(master: &Cluster, namespace: &str) -> Option<bool> {
+    let params = ListParams::default().labels(&selector(namespace));
+    let secrets: Api<Secret> = Api::namespaced(master.client.clone(), "kube-system");
+    let crbs: Api<ClusterRoleBinding> = Api::all(master.client.clone());
+    let found = |r: std::result::Result<usize, kube::Error>| match r {
+        Ok(n) => Some(n > 0),
+        Err(kube::Error::Api(s)) if s.code == 404 => Some(false),
+        Err(_) => None,
+    };
+    let tokens = found(
+        crate::retry::call(|| secrets.list_metadata(&params))
+            .await
+            .map(|l| l.items.len()),
+    );
+    let bindings = found(
+        crate::retry::call(|| crbs.list_metadata(&params))
+            .await
+            .map(|l| l.items.len()),
+    );
+    Some(tokens? || bindings?)
+}
+
+/// The token deploy made for `namespace` earlier, if the master still has it.
+pub async fn existing_token(master: &Cluster, namespace: &str) -> Result<Option<BootstrapToken>> {
+    let api: Api<Secret> = Api::namespaced(master.client.clone(), "kube-system");
+    let params = ListParams::default().labels(&selector(namespace));
+    let list = crate::retry::call(|| api.list(&params))
+        .await
+        .map_err(Error::api(
+            Side::Master,
+            "listing deploy's bootstrap tokens in kube-system",
+        ))?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|s| crate::apply::managed_by_us(*s))
+        .find_map(BootstrapToken::from_secret))
+}
+
+/// Whether the master is known to sign kubelet client certificates and to
+/// accept bootstrap tokens: `Some(true)` seen, `Some(false)` seen not to,
+/// `None` cannot tell (a control plane whose components are not pods).
+pub async fn master_signs(master: &Cluster) -> Result<(Option<bool>, String)> {
+    let all = ListParams::default();
+    // A kubelet client certificate the master issued before.
+    let csrs: Api<CertificateSigningRequest> = Api::all(master.client.clone());
+    if let Ok(list) = crate::retry::call(|| csrs.list(&all)).await {
+        let issued = list.items.iter().any(|c| {
+            c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet"
+                && c.status.as_ref().is_some_and(|s| s.certificate.is_some())
+        });
+        if issued {
+            return Ok((
+                Some(true),
+                "it has issued kubelet client certificates before".into(),
+            ));
+        }
+    }
+    // The control plane's static pods (kubeadm and the like): their flags.
+    let pods: Api<Pod> = Api::namespaced(master.client.clone(), "kube-system");
+    let Ok(list) = crate::retry::call(|| pods.list(&all)).await else {
+        return Ok((None, "kube-system's pods cannot be read".into()));
+    };
+    let args_of = |prefix: &str| -> Option<Vec<String>> {
+        list.items
+            .iter()
+            .find(|p| p.name_any().starts_with(prefix))
+            .and_then(|p| p.spec.as_ref())
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .flat_map(|c| c.command.iter().flatten().chain(c.args.iter().flatten()))
+                    .cloned()
+                    .collect()
+            })
+    };
+    if let Some(args) = args_of("kube-apiserver")
+        && !args.iter().any(|a| {
+            a == "--enable-bootstrap-token-auth=true" || a == "--enable-bootstrap-token-auth"
+        })
+    {
+        return Ok((
+            Some(false),
+            "its kube-apiserver runs without --enable-bootstrap-token-auth=true".into(),
+        ));
+    }
+    match args_of("kube-controller-manager") {
+        Some(args)
+            if args.iter().any(|a| {
+                a.starts_with("--cluster-signing-cert-file=")
+                    || a.starts_with("--cluster-signing-kube-apiserver-client-kubelet-cert-file=")
+            }) =>
+        {
+            Ok((Some(true), "its controller-manager has a signing certificate".into()))
+        }
+        Some(_) => Ok((
+            Some(false),
+            "its controller-manager runs without --cluster-signing-cert-file (or --cluster-signing-kube-apiserver-client-kubelet-cert-file)".into(),
+        )),
+        None => Ok((
+            None,
+            "its controller-manager is not a pod in kube-system, so its flags cannot be read".into(),
+        )),
+    }
+}
+
+/// The APIs per-node identity needs that the master does not serve.
+async fn missing_apis(master: &Cluster) -> Result<Vec<&'static str>> {
+    let one = ListParams::default().limit(1);
+    let mut missing = Vec::new();
+    let crbs: Api<ClusterRoleBinding> = Api::all(master.client.clone());
+    if let Err(kube::Error::Api(s)) = crate::retry::call(|| crbs.list_metadata(&one)).await
+        && s.code == 404
+    {
+        missing.push("rbac.authorization.k8s.io/v1 ClusterRoleBindings");
+    }
+    let csrs: Api<CertificateSigningRequest> = Api::all(master.client.clone());
+    if let Err(kube::Error::Api(s)) = crate::retry::call(|| csrs.list_metadata(&one)).await
+        && s.code == 404
+    {
+        missing.push("certificates.k8s.io/v1 CertificateSigningRequests");
+    }
+    Ok(missing)
+}
+
+/// Whether this deploy gives its hollow nodes per-node identity, and with
+/// which token (the one deploy made on the master before, or a new one).
+/// `per-node` asked for and impossible is an error before any write; `auto`
+/// falls back to shared and says why.
+pub async fn decide(
+    spec: &crate::plan::Spec,
+    master: &Cluster,
+    events: &Events,
+) -> Result<Option<BootstrapToken>> {
+    let explicit = match spec.node_identity {
+        NodeIdentity::Shared => return Ok(None),
+        NodeIdentity::PerNode => true,
+        NodeIdentity::Auto => false,
+    };
+    let shared = |why: String| {
+        events.note(format!(
+            "node identity: shared, one credential for every hollow node ({why}; --node-identity per-node asks for per-node anyway)"
+        ));
+        Ok(None)
+    };
+    let refuse = |why: String, hint: &str| {
+        Err(Error::Refused {
+            what: format!("--node-identity per-node: {why}"),
+            details: Vec::new(),
+            hint: hint.to_owned(),
+        })
+    };
+    let template = crate::template::Template::load(&spec.template)?;
+    if !template.supports_node_identity()? {
+        let why = format!(
+            "the template {} has no per-node support (no `node_identity` placeholder)",
+            template.name
+        );
+        if explicit {
+            return refuse(
+                why,
+                "use the project's template (--template simplified), or give yours the node_identity blocks it has",
+            );
+        }
+        return shared(why);
+    }
+    let missing = missing_apis(master).await?;
+    if !missing.is_empty() {
+        let why = format!("the master does not serve {}", missing.join(" or "));
+        if explicit {
+            return refuse(
+                why,
+                "per-node identity needs TLS bootstrap on the master; deploy with --node-identity shared",
+            );
+        }
+        return shared(why);
+    }
+    let (signs, why) = master_signs(master).await?;
+    match (signs, explicit) {
+        (Some(true), _) => {}
+        (Some(false), true) => {
+            return refuse(
+                format!("the master will not sign the hollow kubelets' certificates: {why}"),
+                "start kube-apiserver with --enable-bootstrap-token-auth=true and kube-controller-manager with --cluster-signing-cert-file and --cluster-signing-key-file (the CA the API server trusts for client certificates); or deploy with --node-identity shared",
+            );
+        }
+        (None, true) => events.warn(format!(
+            "per-node identity: cannot tell whether the master signs kubelet client certificates ({why}); if the hollow nodes do not register, look at `kubectl get csr` on the master"
+        )),
+        (_, false) => return shared(format!("cannot tell that the master signs kubelet client certificates: {why}")),
+    }
+    let (token, which) = match existing_token(master, &spec.namespace).await? {
+        Some(token) => (token, "the one deploy made before"),
+        None => (BootstrapToken::generate()?, "a new one"),
+    };
+    events.note(format!(
+        "node identity: per-node: each hollow kubelet bootstraps its own system:node certificate with the bootstrap token {} ({which})",
+        token.id
+    ));
+    Ok(Some(token))
+}
+
+/// Delete what per-node identity made on the master for `namespace` (only
+/// objects that carry deploy's field manager and the namespace's label), and
+/// the CSRs made with its token. Returns what went, a line each.
+pub async fn remove(master: &Cluster, namespace: &str, events: &Events) -> Result<Vec<String>> {
+    let mut gone = Vec::new();
+    let (all, delete) = (ListParams::default(), DeleteParams::default());
+    let token = existing_token(master, namespace).await?;
+    if let Some(token) = &token {
+        let csrs: Api<CertificateSigningRequest> = Api::all(master.client.clone());
+        let list = match crate::retry::call(|| csrs.list(&all)).await {
+            Ok(list) => list.items,
+            Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
+            Err(e) => {
+                return Err(Error::api(
+                    Side::Master,
+                    "listing CertificateSigningRequests",
+                )(e));
+            }
+        };
+        let username = token.username();
+        for csr in list
+            .iter()
+            .filter(|c| c.spec.username.as_deref() == Some(username.as_str()))
+        {
+            let name = csr.name_any();
+            match crate::retry::call(|| csrs.delete(&name, &delete)).await {
+                Ok(_) => gone.push(format!("CertificateSigningRequest {name}")),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    return Err(Error::api(Side::Master, format!("deleting the CSR {name}"))(e));
+                }
+            }
+        }
+    }
+    let crbs: Api<ClusterRoleBinding> = Api::all(master.client.clone());
+    let params = ListParams::default().labels(&selector(namespace));
+    let list = match crate::retry::call(|| crbs.list(&params)).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
+        Err(e) => return Err(Error::api(Side::Master, "listing ClusterRoleBindings")(e)),
+    };
+    for crb in list.iter().filter(|c| crate::apply::managed_by_us(*c)) {
+        let name = crb.name_any();
+        match crate::retry::call(|| crbs.delete(&name, &delete)).await {
+            Ok(_) => gone.push(format!("ClusterRoleBinding {name}")),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(Error::api(
+                    Side::Master,
+                    format!("deleting the ClusterRoleBinding {name}"),
+                )(e));
+            }
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(master.client.clone(), "kube-system");
+    let list = crate::retry::call(|| secrets.list(&params))
+        .await
+        .map_err(Error::api(Side::Master, "listing bootstrap tokens"))?;
+    for s in list
+        .items
+        .iter()
+        .filter(|s| crate::apply::managed_by_us(*s))
+    {
+        let name = s.name_any();
+        match crate::retry::call(|| secrets.delete(&name, &delete)).await {
+            Ok(_) => gone.push(format!("Secret kube-system/{name}")),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(Error::api(
+                    Side::Master,
+                    format!("deleting the bootstrap token {name}"),
+                )(e));
+            }
+        }
+    }
+    if !gone.is_empty() {
+        events.note(format!(
+            "per-node identity: deleted {} on the master",
+            gone.join(", ")
+        ));
+    }
+    Ok(gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_have_the_bootstrap_shape_and_never_print_their_secret() {
+        let t = BootstrapToken::generate().unwrap();
+        assert_eq!((t.id.len(), t.secret.len()), (6, 16));
+        assert!(
+            format!("{}{}", t.id, t.secret)
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
+        assert_ne!(t, BootstrapToken::generate().unwrap());
+        assert!(!format!("{t:?}").contains(&t.secret));
+        let m = master_manifests("ns", &t);
+        assert_eq!(m[0].name, format!("bootstrap-token-{}", t.id));
+        assert_eq!(m[0].value["type"], "bootstrap.kubernetes.io/token");
+        assert_eq!(
+            m[0].value["stringData"]["auth-extra-groups"],
+            "system:bootstrappers:kubemark-deploy:ns"
+        );
+        assert_eq!(m[1].value["subjects"][0]["name"], group("ns"));
+        assert_eq!(
+            m[2].value["roleRef"]["name"],
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient"
+        );
+    }
+}
