@@ -302,6 +302,45 @@ pub async fn master_signs(master: &Cluster) -> Result<(Option<bool>, String)> {
     }
 }
 
+/// Node labels a kubelet may not set on its own Node under NodeRestriction:
+/// keys in the `kubernetes.io` or `k8s.io` namespaces, except the few the
+/// kubelet sets itself and the `kubelet.` and `node.kubernetes.io/` prefixes.
+pub fn restricted_labels(labels: &[(String, String)]) -> Vec<String> {
+    const ALLOWED: [&str; 11] = [
+        "kubernetes.io/hostname",
+        "kubernetes.io/arch",
+        "kubernetes.io/os",
+        "beta.kubernetes.io/arch",
+        "beta.kubernetes.io/os",
+        "beta.kubernetes.io/instance-type",
+        "node.kubernetes.io/instance-type",
+        "failure-domain.beta.kubernetes.io/region",
+        "failure-domain.beta.kubernetes.io/zone",
+        "topology.kubernetes.io/region",
+        "topology.kubernetes.io/zone",
+    ];
+    labels
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            let Some((domain, _)) = k.split_once('/') else {
+                return false;
+            };
+            let kubernetes = ["kubernetes.io", "k8s.io"]
+                .iter()
+                .any(|d| domain == *d || domain.ends_with(&format!(".{d}")));
+            let open = domain == "kubelet.kubernetes.io"
+                || domain.ends_with(".kubelet.kubernetes.io")
+                || domain == "node.kubernetes.io"
+                || domain.ends_with(".node.kubernetes.io");
+            kubernetes && !open && !ALLOWED.contains(&k.as_str())
+                || domain == "node-restriction.kubernetes.io"
+                || domain.ends_with(".node-restriction.kubernetes.io")
+        })
+        .cloned()
+        .collect()
+}
+
 /// The APIs per-node identity needs that the master does not serve.
 async fn missing_apis(master: &Cluster) -> Result<Vec<&'static str>> {
     let one = ListParams::default().limit(1);
@@ -358,6 +397,20 @@ pub async fn decide(
             return refuse(
                 why,
                 "use the project's template (--template simplified), or give yours the node_identity blocks it has",
+            );
+        }
+        return shared(why);
+    }
+    let restricted = restricted_labels(&spec.node_labels);
+    if !restricted.is_empty() {
+        let why = format!(
+            "NodeRestriction lets a kubelet that is its own node set no label in the kubernetes.io and k8s.io namespaces but a few, and --node-labels has {}",
+            restricted.join(", ")
+        );
+        if explicit {
+            return refuse(
+                why,
+                "choose keys outside kubernetes.io and k8s.io (e.g. tier=hollow), or deploy with --node-identity shared",
             );
         }
         return shared(why);
@@ -485,6 +538,33 @@ pub async fn remove(master: &Cluster, namespace: &str, events: &Events) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_node_restriction_refuses_a_kubelet() {
+        let l = |keys: &[&str]| -> Vec<(String, String)> {
+            keys.iter()
+                .map(|k| ((*k).to_owned(), "x".to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            restricted_labels(&l(&[
+                "tier",
+                "example.com/team",
+                "kubernetes.io/hostname",
+                "topology.kubernetes.io/zone",
+                "node.kubernetes.io/pool",
+                "kubelet.kubernetes.io/x",
+                "node-role.kubernetes.io/worker",
+                "k8s.io/thing",
+                "node-restriction.kubernetes.io/pool",
+            ])),
+            [
+                "node-role.kubernetes.io/worker",
+                "k8s.io/thing",
+                "node-restriction.kubernetes.io/pool"
+            ]
+        );
+    }
 
     #[test]
     fn tokens_have_the_bootstrap_shape_and_never_print_their_secret() {
