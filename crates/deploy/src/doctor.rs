@@ -131,7 +131,13 @@ pub async fn examine(p: &Patient<'_>) -> Result<Report> {
         "master-nodes",
         Ok(master_node_findings(&master_nodes, p.namespace, &rc_names)),
     );
-    let selectors: Vec<String> = deployed.iter().map(crate::status::selector_of).collect();
+    // Only deploy's ReplicationControllers: `--repair` deletes their pods, and
+    // never those of a hollow-node RC somebody else made in the namespace.
+    let selectors: Vec<String> = deployed
+        .iter()
+        .filter(|rc| crate::apply::managed_by_us(*rc))
+        .map(crate::status::selector_of)
+        .collect();
     let found = stuck(p, &ours, &selectors, &mut report.repaired).await?;
     report.record("stuck", found);
     Ok(report)

@@ -314,3 +314,83 @@ async fn a_running_pod_under_a_not_ready_node_is_stuck_and_repair_replaces_only_
     let report = examine(&external, &master, None, false).await;
     assert!(report.findings.is_empty(), "{report:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_never_touches_a_hollow_node_rc_deploy_did_not_make() {
+    let c = Clusters::start().await;
+    let (external, master) = c.connect().await;
+    // Somebody's own hollow-node ReplicationController (kubectl, not deploy),
+    // with a pod Running under a Node that has been NotReady for ten minutes.
+    let namespaces: Api<Namespace> = Api::all(external.client.clone());
+    create(&namespaces, json!({"metadata": {"name": "kubemark"}})).await;
+    let (plan, _) = kubemark_deploy::render(&c.spec(1)).unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(external.client.clone(), "kubemark");
+    create(&secrets, plan.secrets[0].value.clone()).await;
+    let rcs: Api<k8s_openapi::api::core::v1::ReplicationController> =
+        Api::namespaced(external.client.clone(), "kubemark");
+    let mut rc = plan.rc.value.clone();
+    rc["metadata"]["name"] = json!("theirs");
+    rcs.create(
+        &PostParams {
+            field_manager: Some("kubectl-create".into()),
+            ..PostParams::default()
+        },
+        &serde_json::from_value(rc).unwrap(),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(external.client.clone(), "kubemark");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let pod = loop {
+        assert!(std::time::Instant::now() < deadline, "their pod never ran");
+        let running = pods
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        if let Some(p) = running {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let nodes: Api<Node> = Api::all(master.client.clone());
+    let name = pod.name_any();
+    let node = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "their hollow node never registered"
+        );
+        if let Some(n) = nodes.get_opt(&name).await.unwrap() {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ten_minutes_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(600);
+    nodes
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"status": {"conditions": [{
+                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "lastTransitionTime": ten_minutes_ago.to_string(),
+                "lastHeartbeatTime": ten_minutes_ago.to_string(),
+            }]}})),
+        )
+        .await
+        .unwrap();
+    let report = examine(&external, &master, None, true).await;
+    assert!(report.repaired.is_empty(), "{report:#?}");
+    assert_eq!(
+        pods.get(&name).await.unwrap().uid(),
+        pod.uid(),
+        "their pod stays"
+    );
+    assert_eq!(
+        nodes.get(&name).await.unwrap().uid(),
+        node.uid(),
+        "its Node stays"
+    );
+}
