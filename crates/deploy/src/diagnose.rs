@@ -27,6 +27,11 @@ pub fn node_ready(node: &Node) -> bool {
     node_condition(node, "Ready").is_some_and(|(status, _)| status == "True")
 }
 
+/// A node's Ready condition: (status, message).
+pub fn ready_condition(node: &Node) -> Option<(String, String)> {
+    node_condition(node, "Ready")
+}
+
 fn node_condition(node: &Node, kind: &str) -> Option<(String, String)> {
     node.status
         .as_ref()?
@@ -133,7 +138,7 @@ fn problem(pod: &Pod) -> Option<Problem> {
     Some(Problem::Pending)
 }
 
-fn plural(n: usize, one: &str, many: &str) -> String {
+pub fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 

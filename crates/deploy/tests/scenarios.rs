@@ -327,3 +327,45 @@ async fn per_node_identity_on_a_master_without_tls_bootstrap_is_refused_before_a
         "{yaml}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_is_explained_from_a_sample_of_what_the_watches_name() {
+    // 30 hollow nodes whose image does not pull: the stall report reads 20 of
+    // the 30 pods the pod watch names, not a list of every pod.
+    let external = kubemark_sim::Sim::start(kubemark_sim::SimConfig {
+        name: "external".into(),
+        workers: 2,
+        images: kubemark_sim::Images {
+            registry: None,
+            known: Some(vec!["busybox:1.32".into()]),
+        },
+        ..kubemark_sim::SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let c = Clusters::with_external(external).await;
+    let mut spec = c.spec(30);
+    spec.timeout = Some(Duration::from_secs(8));
+    let stalls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&stalls);
+    let events = kubemark_deploy::Events::new(move |e| {
+        if let kubemark_deploy::Event::Stalled { diagnosis, .. } = e {
+            seen.lock().unwrap().push(diagnosis);
+        }
+    });
+    let e = kubemark_deploy::deploy(&spec, &events, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().starts_with("0/30 hollow nodes Ready"), "{e}");
+    let stalls = stalls.lock().unwrap();
+    let first = stalls.first().expect("a stall report before the timeout");
+    assert_eq!(
+        first[..2],
+        [
+            "30 pods not Running yet; what a sample of 20 of them says:".to_owned(),
+            "20 pods ImagePullBackOff: image 127.0.0.1:5000/kubemark:v1.33.2 cannot be pulled"
+                .to_owned(),
+        ],
+        "{first:#?}"
+    );
+}

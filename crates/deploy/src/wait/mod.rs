@@ -140,8 +140,7 @@ pub async fn run(
         }
         if now >= next_report {
             next_report = now + stall_after * 2;
-            let (pods, nodes) = snapshot(external, master, namespace, selector).await?;
-            let mut diagnosis = diagnose::diagnose(external, namespace, &pods, &nodes).await;
+            let mut diagnosis = stall_diagnosis(external, master, namespace, &tally).await;
             if !tally.settled() {
                 diagnosis.push(format!(
                     "{} pods exist ({} not terminating), {wanted} wanted (the ReplicationController is still adjusting)",
@@ -154,6 +153,60 @@ pub async fn run(
             });
         }
     }
+}
+
+/// How many of the pods (and Nodes) that hold the wait up a stall report
+/// reads: the watches already know which they are; a few say why.
+const SAMPLE: usize = 20;
+
+/// Why the wait is stalled, from what the row watches hold and a sample of
+/// the objects they name: a stalled bring-up of thousands of nodes costs a
+/// few reads, not a list of every pod.
+async fn stall_diagnosis(
+    external: &Cluster,
+    master: &Cluster,
+    namespace: &str,
+    tally: &Tally,
+) -> Vec<String> {
+    let laggards = tally.laggards();
+    let pod_api: Api<Pod> = Api::namespaced(external.client.clone(), namespace);
+    let node_api: Api<Node> = Api::all(master.client.clone());
+    let mut pods = Vec::new();
+    for name in laggards.waiting.iter().take(SAMPLE) {
+        if let Ok(Some(p)) = crate::retry::call(|| pod_api.get_opt(name)).await {
+            pods.push(p);
+        }
+    }
+    let mut lines = diagnose::diagnose(external, namespace, &pods, &[]).await;
+    if laggards.waiting.len() > pods.len() && !pods.is_empty() {
+        lines.insert(
+            0,
+            format!(
+                "{} pods not Running yet; what a sample of {} of them says:",
+                laggards.waiting.len(),
+                pods.len()
+            ),
+        );
+    }
+    if let Some(name) = laggards.not_ready.first() {
+        let why = match crate::retry::call(|| node_api.get_opt(name)).await {
+            Ok(Some(n)) => diagnose::ready_condition(&n)
+                .map(|(s, m)| format!("Ready={s}: {m}"))
+                .unwrap_or_else(|| "no Ready condition".into()),
+            _ => "gone since".into(),
+        };
+        lines.push(format!(
+            "{} registered but NotReady (e.g. {name}: {why})",
+            diagnose::plural(laggards.not_ready.len(), "node", "nodes")
+        ));
+    }
+    if laggards.unregistered > 0 {
+        lines.push(format!(
+            "{} Running, their nodes not registered on the master yet",
+            diagnose::plural(laggards.unregistered, "pod", "pods")
+        ));
+    }
+    lines
 }
 
 /// Read the current pods and nodes once (for `status`).

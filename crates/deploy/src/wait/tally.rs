@@ -50,6 +50,17 @@ pub struct Tally {
     all_ready: Option<Duration>,
 }
 
+/// Who holds the wait up (see [`Tally::laggards`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Laggards {
+    /// Live pods not Running with every container ready.
+    pub waiting: Vec<String>,
+    /// Running pods whose Node is registered but not Ready.
+    pub not_ready: Vec<String>,
+    /// Running pods whose Node has not registered.
+    pub unregistered: usize,
+}
+
 /// What the fold gives when the wait is over.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timings {
@@ -140,6 +151,39 @@ impl Tally {
             .collect();
         stale.sort();
         stale
+    }
+
+    /// Who holds the wait up, for the stall diagnosis, from what the watches
+    /// already hold: live pods not running, the Nodes of running pods that are
+    /// not Ready, and how many running pods have no Node yet. Names sorted.
+    pub fn laggards(&self) -> Laggards {
+        let mut waiting: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(_, (live, running))| *live && !*running)
+            .map(|(name, _)| name.clone())
+            .collect();
+        waiting.sort();
+        let mut not_ready: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(_, (live, running))| *live && *running)
+            .filter(|(name, _)| self.nodes.get(name.as_str()) == Some(&false))
+            .map(|(name, _)| name.clone())
+            .collect();
+        not_ready.sort();
+        let unregistered = self
+            .pods
+            .iter()
+            .filter(|(name, (live, running))| {
+                *live && *running && !self.nodes.contains_key(name.as_str())
+            })
+            .count();
+        Laggards {
+            waiting,
+            not_ready,
+            unregistered,
+        }
     }
 
     /// (live, running) from a pod's row: STATUS and READY as `kubectl get pods` prints them.
@@ -359,6 +403,27 @@ mod tests {
         assert_eq!(timings.registration_p50, Some(10.0));
         assert_eq!(timings.registration_p99, Some(10.0));
         assert_eq!(Tally::new(1).timings(s(7)).all_ready, s(7));
+    }
+
+    #[test]
+    fn laggards_come_from_the_rows_alone() {
+        let mut t = Tally::new(4);
+        t.fold(pod("pending", "Pending", "0/1"), s(0));
+        t.fold(pod("crashing", "Running", "0/1"), s(0));
+        t.fold(pod("unready-node", "Running", "1/1"), s(0));
+        t.fold(node("unready-node", "NotReady"), s(0));
+        t.fold(pod("unregistered", "Running", "1/1"), s(0));
+        t.fold(pod("fine", "Running", "1/1"), s(0));
+        t.fold(node("fine", "Ready"), s(0));
+        t.fold(pod("going", "Terminating", "0/1"), s(0));
+        assert_eq!(
+            t.laggards(),
+            Laggards {
+                waiting: vec!["crashing".into(), "pending".into()],
+                not_ready: vec!["unready-node".into()],
+                unregistered: 1,
+            }
+        );
     }
 
     #[test]

@@ -22,6 +22,23 @@ impl Clusters {
         Self::with_master_workers(0).await
     }
 
+    /// Clusters with `external` as the external cluster, and a master.
+    pub async fn with_external(external: Sim) -> Self {
+        let master = Sim::start(SimConfig {
+            name: "master".into(),
+            workers: 0,
+            version: "v1.33.2".into(),
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        Self {
+            external,
+            master,
+            log: Arc::default(),
+        }
+    }
+
     /// A master that also has `workers` ordinary, schedulable nodes.
     pub async fn with_master_workers(workers: usize) -> Self {
         let external = Sim::start(SimConfig {
