@@ -460,6 +460,7 @@ pub async fn run(
         pod: Some(&plan.pod),
         grace: crate::doctor::GRACE,
         repair: false,
+        cancel: crate::event::CancellationToken::new(),
     };
     match crate::doctor::examine(&patient).await {
         Ok(report) => {

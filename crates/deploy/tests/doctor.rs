@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kubemark_contract::CancellationToken;
 use kubemark_deploy::doctor::{self, Patient, Report, Severity};
 use kubemark_deploy::{Choice, Cluster};
@@ -30,6 +30,7 @@ async fn examine(
         pod,
         grace: Duration::from_secs(60),
         repair,
+        cancel: CancellationToken::new(),
     })
     .await
     .unwrap()
@@ -315,22 +316,32 @@ async fn a_running_pod_under_a_not_ready_node_is_stuck_and_repair_replaces_only_
     assert!(report.findings.is_empty(), "{report:#?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn repair_never_touches_a_hollow_node_rc_deploy_did_not_make() {
-    let c = Clusters::start().await;
+/// Somebody's own ReplicationController made from deploy's template (as
+/// `deploy render` prints it), in deploy's namespace, its pods carrying
+/// deploy's labels too: one of its pods Running under a Node NotReady for ten
+/// minutes. `ours`: whether deploy's own RC is there as well.
+async fn theirs_stuck(c: &Clusters, ours: bool) -> (Cluster, Cluster, Pod, Node) {
     let (external, master) = c.connect().await;
-    // Somebody's own hollow-node ReplicationController (kubectl, not deploy),
-    // with a pod Running under a Node that has been NotReady for ten minutes.
-    let namespaces: Api<Namespace> = Api::all(external.client.clone());
-    create(&namespaces, json!({"metadata": {"name": "kubemark"}})).await;
+    if ours {
+        kubemark_deploy::deploy(&c.spec(1), &c.events(), &CancellationToken::new())
+            .await
+            .unwrap();
+    } else {
+        let namespaces: Api<Namespace> = Api::all(external.client.clone());
+        create(&namespaces, json!({"metadata": {"name": "kubemark"}})).await;
+    }
     let (plan, _) = kubemark_deploy::render(&c.spec(1)).unwrap();
     let secrets: Api<k8s_openapi::api::core::v1::Secret> =
         Api::namespaced(external.client.clone(), "kubemark");
-    create(&secrets, plan.secrets[0].value.clone()).await;
+    if !ours {
+        create(&secrets, plan.secrets[0].value.clone()).await;
+    }
     let rcs: Api<k8s_openapi::api::core::v1::ReplicationController> =
         Api::namespaced(external.client.clone(), "kubemark");
     let mut rc = plan.rc.value.clone();
     rc["metadata"]["name"] = json!("theirs");
+    rc["spec"]["selector"] = json!({"owner": "them"});
+    rc["spec"]["template"]["metadata"]["labels"] = json!({"name": "hollow-node", "owner": "them"});
     rcs.create(
         &PostParams {
             field_manager: Some("kubectl-create".into()),
@@ -342,10 +353,11 @@ async fn repair_never_touches_a_hollow_node_rc_deploy_did_not_make() {
     .unwrap();
     let pods: Api<Pod> = Api::namespaced(external.client.clone(), "kubemark");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let theirs = ListParams::default().labels("owner=them");
     let pod = loop {
         assert!(std::time::Instant::now() < deadline, "their pod never ran");
         let running = pods
-            .list(&Default::default())
+            .list(&theirs)
             .await
             .unwrap()
             .items
@@ -381,16 +393,28 @@ async fn repair_never_touches_a_hollow_node_rc_deploy_did_not_make() {
         )
         .await
         .unwrap();
-    let report = examine(&external, &master, None, true).await;
-    assert!(report.repaired.is_empty(), "{report:#?}");
-    assert_eq!(
-        pods.get(&name).await.unwrap().uid(),
-        pod.uid(),
-        "their pod stays"
-    );
-    assert_eq!(
-        nodes.get(&name).await.unwrap().uid(),
-        node.uid(),
-        "its Node stays"
-    );
+    (external, master, pod, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_never_touches_pods_of_a_hollow_node_rc_deploy_did_not_make() {
+    for ours in [false, true] {
+        let c = Clusters::start().await;
+        let (external, master, pod, node) = theirs_stuck(&c, ours).await;
+        let report = examine(&external, &master, None, true).await;
+        assert!(report.repaired.is_empty(), "ours: {ours}: {report:#?}");
+        let pods: Api<Pod> = Api::namespaced(external.client.clone(), "kubemark");
+        let nodes: Api<Node> = Api::all(master.client.clone());
+        let name = pod.name_any();
+        assert_eq!(
+            pods.get(&name).await.unwrap().uid(),
+            pod.uid(),
+            "their pod stays"
+        );
+        assert_eq!(
+            nodes.get(&name).await.unwrap().uid(),
+            node.uid(),
+            "its Node stays"
+        );
+    }
 }

@@ -226,10 +226,11 @@ fn doctor(
         .map_err(|f| f.json(json))?
         .unwrap_or(kubemark_deploy::doctor::GRACE);
     let renderer = Renderer::new(global.verbose);
-    let result = with_interrupt(&renderer, Threads::One, |_| {
+    let result = with_interrupt(&renderer, Threads::One, |cancel| {
         Box::pin(async move {
             let (external, master) = kubemark_deploy::connect(&cl.external, &cl.master).await?;
             kubemark_deploy::doctor::examine(&kubemark_deploy::doctor::Patient {
+                cancel,
                 external: &external,
                 master: &master,
                 namespace: &cl.namespace,
