@@ -163,15 +163,28 @@ impl Settings {
         value: &toml::Value,
         required: bool,
     ) -> Result<Command, Failure> {
-        let id = id_of(key);
+        // A key is a flag's long name, exactly (`max-pods`, not `max_pods`).
         let arg = command
             .get_arguments()
-            .find(|a| a.get_id().as_str() == id && !PER_RUN.contains(&id.as_str()))
+            .find(|a| a.get_long() == Some(key) && !PER_RUN.contains(&a.get_id().as_str()))
             .cloned();
         let mut command = match arg {
             Some(arg) => {
+                let id = arg.get_id().as_str().to_owned();
                 let text = self.checked(&arg, table, key, value)?;
-                command.mut_arg(&id, |a| a.default_value(text))
+                if matches!(arg.get_action(), ArgAction::SetTrue) {
+                    // A switch the file turns on, the command line turns off
+                    // with `--flag=false` (flag > env > file holds for switches).
+                    command.mut_arg(&id, |a| {
+                        a.action(ArgAction::Set)
+                            .num_args(0..=1)
+                            .require_equals(true)
+                            .default_missing_value("true")
+                            .default_value(text)
+                    })
+                } else {
+                    command.mut_arg(&id, |a| a.default_value(text))
+                }
             }
             None if required => {
                 let mut known: Vec<String> = command
@@ -205,7 +218,7 @@ impl Settings {
             .map(|s| s.get_name().to_owned())
             .collect();
         for sub in subs {
-            if NOT_INHERITED.contains(&(sub.as_str(), id.as_str())) {
+            if NOT_INHERITED.contains(&(sub.as_str(), key)) {
                 continue;
             }
             let inner = command.find_subcommand(&sub).cloned().unwrap_or_default();
@@ -265,14 +278,6 @@ impl Settings {
 }
 
 const HINT: &str = "keys go in an [image] or [deploy] table and are the long flag names, e.g. `registry = \"127.0.0.1:5000\"`";
-
-/// The flag's id for a key: `kubelet-cpu` → `kubelet_cpu`, `ref` → `git_ref`.
-fn id_of(key: &str) -> String {
-    match key {
-        "ref" => "git_ref".to_owned(),
-        _ => key.replace('-', "_"),
-    }
-}
 
 fn scalar(value: &toml::Value) -> Option<String> {
     match value {
@@ -469,6 +474,20 @@ mod tests {
     }
 
     #[test]
+    fn a_switch_the_file_turns_on_a_flag_turns_off() {
+        let (_d, s) = settings("[image]\non = true\n");
+        let s = s.unwrap();
+        let on = |args: &[&str]| {
+            let (t, _) = parse(&s, args).unwrap();
+            let Task::Image { on, .. } = t.task;
+            on
+        };
+        assert!(on(&["t", "image"]));
+        assert!(!on(&["t", "image", "--on=false"]));
+        assert!(on(&["t", "image", "--on"]));
+    }
+
+    #[test]
     fn what_the_file_gets_wrong_is_named_before_anything_runs() {
         for (text, expect) in [
             (
@@ -481,6 +500,8 @@ mod tests {
             ("[image]\ntag = [1]\n", "takes one value"),
             ("[images]\ntag = \"x\"\n", "has a table [images]"),
             ("[image]\ndry-run = true\n", "unknown key `dry-run`"),
+            ("[image]\nmax_depth = 1\n", "unknown key `max_depth`"),
+            ("[image]\ntag_ = \"x\"\n", "unknown key `tag_`"),
             ("image = 3\n", "is not a table"),
             ("[image\n", "not valid TOML"),
         ] {

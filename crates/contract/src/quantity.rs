@@ -21,8 +21,6 @@ pub struct QuantityError {
 }
 
 const NANO: i128 = 1_000_000_000;
-/// Digits after the decimal point that are kept (nano-units).
-const MAX_SCALE: u32 = 9;
 /// Beyond this a quantity is not a resource amount anyone means (`resource.Quantity`
 /// itself stops at 2^63-1 in its fast path).
 const MAX_NANOS: i128 = 1 << 100;
@@ -35,9 +33,12 @@ impl Quantity {
             text: text.to_owned(),
             why,
         };
-        let s = text.trim();
+        let s = text;
         if s.is_empty() {
             return Err(bad("it is empty"));
+        }
+        if s.trim() != s {
+            return Err(bad("it has spaces around it"));
         }
         let (negative, s) = match s.as_bytes()[0] {
             b'-' => (true, &s[1..]),
@@ -56,7 +57,12 @@ impl Quantity {
             return Err(bad("it has two decimal points"));
         }
         // The number as an integer `digits` and its decimal `scale`.
-        let kept = &fraction[..fraction.len().min(MAX_SCALE as usize + 3)];
+        // As many fraction digits as the integer arithmetic holds (30 in all):
+        // an exponent may make the 13th significant (`1.0000000000001E`).
+        let room = 30usize.saturating_sub(whole.len());
+        let kept = &fraction[..fraction.len().min(room)];
+        // Digits beyond those kept round up, as everything else here does.
+        let dropped = fraction[kept.len()..].bytes().any(|d| d != b'0');
         let digits: String = format!("{whole}{kept}");
         let mut mantissa: i128 = 0;
         for d in digits.bytes() {
@@ -123,6 +129,9 @@ impl Quantity {
                 .checked_pow(ten_power.unsigned_abs())
                 .unwrap_or(i128::MAX);
             nanos = ceil_div(nanos, divisor);
+        }
+        if dropped {
+            nanos += 1;
         }
         Ok(Self {
             nanos: if negative { -nanos } else { nanos },
@@ -234,6 +243,13 @@ mod tests {
             ("12e6", 12_000_000_000, 12_000_000),
             ("0.1m", 1, 1),
             ("123456789.123456789", 123_456_789_124, 123_456_790),
+            ("0.0000000000001", 1, 1),
+            (
+                "1.0000000000001E",
+                1_000_000_000_000_100_000_000,
+                1_000_000_000_000_100_000,
+            ),
+            ("0.0000000000000000000000000000001", 1, 1),
         ];
         for &(text, milli, value) in table {
             let q = Quantity::parse(text).unwrap_or_else(|e| panic!("{e}"));
@@ -250,6 +266,8 @@ mod tests {
             ("1.2.3", "two decimal points"),
             ("5Qi", "suffix"),
             ("1 Gi", "suffix"),
+            (" 1", "spaces"),
+            ("1 ", "spaces"),
             ("lots", "no number"),
             ("1e", "exponent"),
             ("1e99", "out of range"),

@@ -176,7 +176,7 @@ async fn ensure_namespace(client: &Client, m: &Manifest, events: &Events) -> Res
 /// Apply what the plan puts on the master (per-node identity's bootstrap
 /// token in `kube-system` and its ClusterRoleBindings), before the pods that
 /// need them exist.
-pub async fn master(client: &Client, plan: &Plan, adopt: bool, events: &Events) -> Result<()> {
+async fn master(client: &Client, plan: &Plan, adopt: bool, events: &Events) -> Result<()> {
     for m in &plan.master {
         match m.kind {
             "Secret" => {
@@ -192,9 +192,13 @@ pub async fn master(client: &Client, plan: &Plan, adopt: bool, events: &Events) 
     Ok(())
 }
 
-/// Apply every manifest of the plan.
+/// Apply every manifest of the plan: on the external cluster the namespace,
+/// configmaps and secrets, then what goes on the master (per-node identity's,
+/// as late as can be: a failure before it leaves no credential there), then
+/// the ReplicationController whose pods need it.
 pub async fn run(
     client: &Client,
+    master_client: &Client,
     namespace: &str,
     plan: &Plan,
     adopt: bool,
@@ -207,5 +211,6 @@ pub async fn run(
     for m in &plan.secrets {
         apply::<Secret>(namespaced(client, namespace), m, adopt, events).await?;
     }
+    master(master_client, plan, adopt, events).await?;
     apply::<ReplicationController>(namespaced(client, namespace), &plan.rc, adopt, events).await
 }

@@ -32,6 +32,25 @@ pub struct Clusterloader2 {
     pub other_schedulable_nodes: Vec<String>,
     /// The whole command line's flags.
     pub args: Vec<String>,
+    /// Kubeconfigs whose current-context is not the context deploy used:
+    /// clusterloader2 has no flag for a context and reads the current one.
+    pub other_contexts: Vec<String>,
+}
+
+/// A line when `cluster` was reached through a context that is not its
+/// kubeconfig's current-context.
+fn context_note(cluster: &Cluster, flag: &str) -> Option<String> {
+    let current = kube::config::Kubeconfig::read_from(&cluster.kubeconfig)
+        .ok()?
+        .current_context?;
+    (current != cluster.context).then(|| {
+        format!(
+            "{flag} {}: clusterloader2 reads its current-context `{current}`, not `{}` that deploy used: give it a kubeconfig whose current-context is `{}`",
+            cluster.kubeconfig.display(),
+            cluster.context,
+            cluster.context
+        )
+    })
 }
 
 /// A path as clusterloader2 reads it from anywhere: absolute.
@@ -108,6 +127,13 @@ pub async fn flags(
         schedulable_nodes: hollow + others.len(),
         other_schedulable_nodes: others,
         args,
+        other_contexts: [
+            context_note(master, "--kubeconfig"),
+            context_note(external, "ROOT_KUBECONFIG"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
     })
 }
 
@@ -115,7 +141,7 @@ impl Clusterloader2 {
     /// What is worth a warning: clusterloader2 will count nodes that are not
     /// this deploy's, or fewer than the Ready hollow nodes (they are tainted).
     pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = self.other_contexts.clone();
         if !self.other_schedulable_nodes.is_empty() {
             let names: Vec<&str> = self
                 .other_schedulable_nodes
@@ -140,12 +166,23 @@ impl Clusterloader2 {
         out
     }
 
-    /// `target/kubemark/clusterloader2.env`: shell assignments, single-quoted.
+    /// The flags as one shell command line: each quoted when it must be
+    /// (a path with a space stays one argument).
+    pub fn command_line(&self) -> String {
+        self.args
+            .iter()
+            .map(|a| shell_word(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// `target/kubemark/clusterloader2.env`: shell assignments, single-quoted;
+    /// `CL2_ARGS` is a command line (`eval clusterloader2 "$CL2_ARGS" ...`).
     pub fn env_file(&self, namespace: &str) -> String {
         let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
         let mut out = format!(
             "# clusterloader2 against the kubemark cluster of namespace {namespace} (written by cargo xtask deploy)\n\
-             # source this file, then: clusterloader2 $CL2_ARGS --testconfig=... --report-dir=...\n"
+             # source this file, then: eval clusterloader2 \"$CL2_ARGS\" --testconfig=... --report-dir=...\n"
         );
         for (key, value) in [
             ("CL2_PROVIDER", "kubemark".to_owned()),
@@ -156,11 +193,25 @@ impl Clusterloader2 {
             ),
             ("CL2_NODES", self.nodes.to_string()),
             ("CL2_MASTER_IP", self.master_ip.clone()),
-            ("CL2_ARGS", self.args.join(" ")),
+            ("CL2_ARGS", self.command_line()),
         ] {
             out.push_str(&format!("{key}={}\n", quote(&value)));
         }
         out
+    }
+}
+
+/// `word` as the shell reads it back: as it is when it holds only characters
+/// the shell leaves alone, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 
@@ -178,6 +229,7 @@ mod tests {
             schedulable_nodes: 6,
             other_schedulable_nodes: vec!["control-plane".into()],
             args: vec!["--nodes=5".into(), "--kubeconfig=/k/it's master".into()],
+            other_contexts: Vec::new(),
         };
         let env = c.env_file("kubemark");
         assert!(
@@ -188,15 +240,18 @@ mod tests {
         let w = c.warnings();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("1 schedulable node(s)") && w[0].contains("control-plane"));
-        // The shell reads it back as written.
+        // The shell reads it back as written: a path with a space and a
+        // quote stays one argument.
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("{env}\nprintf %s \"$CL2_KUBECONFIG|$CL2_ARGS\""))
+            .arg(format!(
+                "{env}\neval set -- \"$CL2_ARGS\"; printf '%s|' \"$CL2_KUBECONFIG\" \"$#\" \"$@\""
+            ))
             .output()
             .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            "/k/it's master|--nodes=5 --kubeconfig=/k/it's master"
+            "/k/it's master|2|--nodes=5|--kubeconfig=/k/it's master|"
         );
     }
 }

@@ -185,7 +185,16 @@ pub async fn destroy(
     }
 
     match identity {
-        Some(true) => done.identity = crate::identity::remove(master, namespace, events).await?,
+        Some(true) => {
+            let removed = crate::identity::remove(master, namespace, events).await?;
+            done.identity = removed.gone;
+            done.left.extend(
+                removed
+                    .failed
+                    .into_iter()
+                    .map(|f| format!("{f} (per-node identity's, on the master: run destroy again)")),
+            );
+        }
         Some(false) => {}
         None => done.left.push(
             "per-node identity's bootstrap token and bindings in the master's kube-system, if any: these credentials may not list them".into(),

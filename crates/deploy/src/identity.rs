@@ -28,6 +28,43 @@ use crate::event::{Events, Say};
 use crate::kubeconfig::{Cluster, PodKubeconfig};
 use crate::plan::{MANAGED_BY, Manifest, NODE_LABEL};
 
+/// What per-node identity needs the master's credentials to do: read and
+/// write the token in kube-system, write the ClusterRoleBindings and bind
+/// their roles (without holding every right in them).
+pub const MASTER_RIGHTS: [(&str, &str, &str, &str, Option<&str>); 7] = [
+    ("list", "", "secrets", "", Some("kube-system")),
+    ("create", "", "secrets", "", Some("kube-system")),
+    ("patch", "", "secrets", "", Some("kube-system")),
+    (
+        "create",
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        "",
+        None,
+    ),
+    (
+        "patch",
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        "",
+        None,
+    ),
+    (
+        "bind",
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        "",
+        None,
+    ),
+    (
+        "list",
+        "certificates.k8s.io",
+        "certificatesigningrequests",
+        "",
+        None,
+    ),
+];
+
 /// Which credential the hollow kubelets use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -426,24 +463,61 @@ pub async fn decide(
         }
         return shared(why);
     }
-    let (signs, why) = master_signs(master).await?;
-    match (signs, explicit) {
-        (Some(true), _) => {}
-        (Some(false), true) => {
-            return refuse(
-                format!("the master will not sign the hollow kubelets' certificates: {why}"),
-                "start kube-apiserver with --enable-bootstrap-token-auth=true and kube-controller-manager with --cluster-signing-cert-file and --cluster-signing-key-file (the CA the API server trusts for client certificates); or deploy with --node-identity shared",
-            );
+    // The rights and names per-node identity needs: `auto` falls back to
+    // shared without them; `per-node` is refused by the preflight, listing them.
+    if !explicit {
+        let mut denied = Vec::new();
+        for (verb, group, resource, sub, ns) in MASTER_RIGHTS {
+            if crate::preflight::may(master, verb, group, resource, sub, ns).await? == Some(false) {
+                denied.push(format!("{verb} {resource}"));
+            }
         }
-        (None, true) => events.warn(format!(
-            "per-node identity: cannot tell whether the master signs kubelet client certificates ({why}); if the hollow nodes do not register, look at `kubectl get csr` on the master"
-        )),
-        (_, false) => return shared(format!("cannot tell that the master signs kubelet client certificates: {why}")),
+        if !denied.is_empty() {
+            return shared(format!(
+                "the master's credentials may not {}",
+                denied.join(", ")
+            ));
+        }
     }
-    let (token, which) = match existing_token(master, &spec.namespace).await? {
+    let existing = match existing_token(master, &spec.namespace).await {
+        Ok(t) => t,
+        Err(e) if !explicit => {
+            return shared(format!("deploy's bootstrap tokens cannot be read: {e}"));
+        }
+        Err(e) => return Err(e),
+    };
+    // A token deploy made here before: per-node worked (or was asked for)
+    // then, and stays, so that a later run does not switch under running pods.
+    if existing.is_none() {
+        let (signs, why) = master_signs(master).await?;
+        match (signs, explicit) {
+            (Some(true), _) => {}
+            (Some(false), true) => {
+                return refuse(
+                    format!("the master will not sign the hollow kubelets' certificates: {why}"),
+                    "start kube-apiserver with --enable-bootstrap-token-auth=true and kube-controller-manager with --cluster-signing-cert-file and --cluster-signing-key-file (the CA the API server trusts for client certificates); or deploy with --node-identity shared",
+                );
+            }
+            (None, true) => events.warn(format!(
+                "per-node identity: cannot tell whether the master signs kubelet client certificates ({why}); if the hollow nodes do not register, look at `kubectl get csr` on the master"
+            )),
+            (_, false) => {
+                return shared(format!(
+                    "cannot tell that the master signs kubelet client certificates: {why}"
+                ));
+            }
+        }
+    }
+    let (token, which) = match existing {
         Some(token) => (token, "the one deploy made before"),
         None => (BootstrapToken::generate()?, "a new one"),
     };
+    if !explicit {
+        let manifests = master_manifests(&spec.namespace, &token);
+        if let Err(e) = crate::preflight::master_ownership(spec, &manifests, master).await {
+            return shared(e.to_string());
+        }
+    }
     events.note(format!(
         "node identity: per-node: each hollow kubelet bootstraps its own system:node certificate with the bootstrap token {} ({which})",
         token.id
@@ -451,14 +525,59 @@ pub async fn decide(
     Ok(Some(token))
 }
 
-/// Delete what per-node identity made on the master for `namespace` (only
-/// objects that carry deploy's field manager and the namespace's label), and
-/// the CSRs made with its token. Returns what went, a line each.
-pub async fn remove(master: &Cluster, namespace: &str, events: &Events) -> Result<Vec<String>> {
-    let mut gone = Vec::new();
+/// What `remove` deleted, and what it could not (a line each).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Removed {
+    pub gone: Vec<String>,
+    pub failed: Vec<String>,
+}
+
+/// Delete what per-node identity made on the master for `namespace`: only
+/// objects with deploy's field manager and the namespace's label, and the
+/// CSRs made with its token. The token goes first (no new CSR can be made
+/// with it after), then the bindings, then the CSRs; a delete that fails is
+/// said and the rest still go.
+pub async fn remove(master: &Cluster, namespace: &str, events: &Events) -> Result<Removed> {
+    let mut done = Removed::default();
     let (all, delete) = (ListParams::default(), DeleteParams::default());
-    let token = existing_token(master, namespace).await?;
-    if let Some(token) = &token {
+    let params = ListParams::default().labels(&selector(namespace));
+    let secrets: Api<Secret> = Api::namespaced(master.client.clone(), "kube-system");
+    let tokens: Vec<Secret> = crate::retry::call(|| secrets.list(&params))
+        .await
+        .map_err(Error::api(Side::Master, "listing bootstrap tokens"))?
+        .items
+        .into_iter()
+        .filter(crate::apply::managed_by_us)
+        .collect();
+    let usernames: Vec<String> = tokens
+        .iter()
+        .filter_map(BootstrapToken::from_secret)
+        .map(|t| t.username())
+        .collect();
+    let mut outcome = |what: String, r: std::result::Result<(), kube::Error>| match r {
+        Ok(()) => done.gone.push(what),
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => done
+            .failed
+            .push(format!("{what}: {}", crate::error::describe(&e))),
+    };
+    for s in &tokens {
+        let name = s.name_any();
+        let r = crate::retry::call(|| secrets.delete(&name, &delete)).await;
+        outcome(format!("Secret kube-system/{name}"), r.map(drop));
+    }
+    let crbs: Api<ClusterRoleBinding> = Api::all(master.client.clone());
+    let bindings = match crate::retry::call(|| crbs.list(&params)).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
+        Err(e) => return Err(Error::api(Side::Master, "listing ClusterRoleBindings")(e)),
+    };
+    for crb in bindings.iter().filter(|c| crate::apply::managed_by_us(*c)) {
+        let name = crb.name_any();
+        let r = crate::retry::call(|| crbs.delete(&name, &delete)).await;
+        outcome(format!("ClusterRoleBinding {name}"), r.map(drop));
+    }
+    if !usernames.is_empty() {
         let csrs: Api<CertificateSigningRequest> = Api::all(master.client.clone());
         let list = match crate::retry::call(|| csrs.list(&all)).await {
             Ok(list) => list.items,
@@ -470,69 +589,24 @@ pub async fn remove(master: &Cluster, namespace: &str, events: &Events) -> Resul
                 )(e));
             }
         };
-        let username = token.username();
-        for csr in list
-            .iter()
-            .filter(|c| c.spec.username.as_deref() == Some(username.as_str()))
-        {
+        for csr in list.iter().filter(|c| {
+            c.spec
+                .username
+                .as_ref()
+                .is_some_and(|u| usernames.contains(u))
+        }) {
             let name = csr.name_any();
-            match crate::retry::call(|| csrs.delete(&name, &delete)).await {
-                Ok(_) => gone.push(format!("CertificateSigningRequest {name}")),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => {
-                    return Err(Error::api(Side::Master, format!("deleting the CSR {name}"))(e));
-                }
-            }
+            let r = crate::retry::call(|| csrs.delete(&name, &delete)).await;
+            outcome(format!("CertificateSigningRequest {name}"), r.map(drop));
         }
     }
-    let crbs: Api<ClusterRoleBinding> = Api::all(master.client.clone());
-    let params = ListParams::default().labels(&selector(namespace));
-    let list = match crate::retry::call(|| crbs.list(&params)).await {
-        Ok(list) => list.items,
-        Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
-        Err(e) => return Err(Error::api(Side::Master, "listing ClusterRoleBindings")(e)),
-    };
-    for crb in list.iter().filter(|c| crate::apply::managed_by_us(*c)) {
-        let name = crb.name_any();
-        match crate::retry::call(|| crbs.delete(&name, &delete)).await {
-            Ok(_) => gone.push(format!("ClusterRoleBinding {name}")),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => {
-                return Err(Error::api(
-                    Side::Master,
-                    format!("deleting the ClusterRoleBinding {name}"),
-                )(e));
-            }
-        }
-    }
-    let secrets: Api<Secret> = Api::namespaced(master.client.clone(), "kube-system");
-    let list = crate::retry::call(|| secrets.list(&params))
-        .await
-        .map_err(Error::api(Side::Master, "listing bootstrap tokens"))?;
-    for s in list
-        .items
-        .iter()
-        .filter(|s| crate::apply::managed_by_us(*s))
-    {
-        let name = s.name_any();
-        match crate::retry::call(|| secrets.delete(&name, &delete)).await {
-            Ok(_) => gone.push(format!("Secret kube-system/{name}")),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => {
-                return Err(Error::api(
-                    Side::Master,
-                    format!("deleting the bootstrap token {name}"),
-                )(e));
-            }
-        }
-    }
-    if !gone.is_empty() {
+    if !done.gone.is_empty() {
         events.note(format!(
             "per-node identity: deleted {} on the master",
-            gone.join(", ")
+            done.gone.join(", ")
         ));
     }
-    Ok(gone)
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -127,6 +127,10 @@ pub async fn check(spec: &Spec, events: &Events) -> Result<Checked> {
         ));
     }
     let (external, master) = connect(&spec.external, &spec.master).await?;
+    // Whether each answers first: the node identity's reads would otherwise
+    // be the first requests, retried, and say less.
+    preflight::version(&external).await?;
+    preflight::version(&master).await?;
     let plan = match identity::decide(spec, &master, events).await? {
         Some(token) => plan::build(spec, &pod_kubeconfig, Some(&token))?,
         None => shared,
@@ -160,8 +164,15 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &CancellationToken) ->
     );
     let pods_before = wait::pod_names(&external, &spec.namespace, &plan.selector).await?;
     let per_node = !plan.master.is_empty();
-    apply::master(&master.client, &plan, spec.adopt, events).await?;
-    apply::run(&external.client, &spec.namespace, &plan, spec.adopt, events).await?;
+    apply::run(
+        &external.client,
+        &master.client,
+        &spec.namespace,
+        &plan,
+        spec.adopt,
+        events,
+    )
+    .await?;
     let summary = if spec.wait {
         events.stage(
             "wait",

@@ -137,11 +137,21 @@ impl Spec {
 }
 
 /// One object to apply.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Manifest {
     pub kind: &'static str,
     pub name: String,
     pub value: Value,
+}
+
+/// Kind and name only: a Secret's value holds credentials.
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The rendered, checked objects.
@@ -166,11 +176,13 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Every manifest, in apply order.
+    /// Every manifest, in apply order (what goes on the master just before
+    /// the ReplicationController).
     pub fn manifests(&self) -> Vec<&Manifest> {
         let mut all = vec![&self.namespace];
         all.extend(&self.configmaps);
         all.extend(&self.secrets);
+        all.extend(&self.master);
         all.push(&self.rc);
         all
     }
@@ -180,20 +192,29 @@ impl Plan {
         let mut out = String::new();
         for m in self.manifests() {
             let mut value = m.value.clone();
-            if m.kind == "Secret"
-                && !show_secrets
-                && let Some(Value::Object(data)) = value.get_mut("data")
-            {
-                for (_, v) in data.iter_mut() {
-                    let len = v.as_str().map_or(0, |s| {
-                        base64::engine::general_purpose::STANDARD
-                            .decode(s)
-                            .map_or(0, |b| b.len())
-                    });
-                    *v = json!(format!("<redacted: {len} bytes; --show-secrets prints it>"));
+            if m.kind == "Secret" && !show_secrets {
+                for (field, encoded) in [("data", true), ("stringData", false)] {
+                    let Some(Value::Object(data)) = value.get_mut(field) else {
+                        continue;
+                    };
+                    for (_, v) in data.iter_mut() {
+                        let len = v.as_str().map_or(0, |s| {
+                            if encoded {
+                                base64::engine::general_purpose::STANDARD
+                                    .decode(s)
+                                    .map_or(0, |b| b.len())
+                            } else {
+                                s.len()
+                            }
+                        });
+                        *v = json!(format!("<redacted: {len} bytes; --show-secrets prints it>"));
+                    }
                 }
             }
             out.push_str("---\n");
+            if self.master.iter().any(|o| std::ptr::eq(o, m)) {
+                out.push_str("# on the kubemark master (per-node identity: render makes a new token each time; deploy reuses the one it made there)\n");
+            }
             out.push_str(&serde_yaml::to_string(&value).unwrap_or_default());
         }
         out

@@ -70,7 +70,7 @@ fn skew(tag: &str, master: &str, events: &Events) {
     }
 }
 
-async fn may(
+pub(crate) async fn may(
     cluster: &Cluster,
     verb: &str,
     group: &str,
@@ -310,14 +310,14 @@ async fn admission(spec: &Spec, plan: &Plan, external: &Cluster, events: &Events
 
 /// What deploy would write on the master (per-node identity's ClusterRoleBindings)
 /// must not be somebody else's, unless `--adopt`.
-async fn master_ownership(spec: &Spec, plan: &Plan, master: &Cluster) -> Result<()> {
+pub(crate) async fn master_ownership(
+    spec: &Spec,
+    manifests: &[Manifest],
+    master: &Cluster,
+) -> Result<()> {
     let crbs: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(master.client.clone());
     let mut foreign = Vec::new();
-    for m in plan
-        .master
-        .iter()
-        .filter(|m| m.kind == "ClusterRoleBinding")
-    {
+    for m in manifests.iter().filter(|m| m.kind == "ClusterRoleBinding") {
         let existing = crate::retry::call(|| crbs.get_opt(&m.name))
             .await
             .map_err(Error::api(
@@ -451,7 +451,7 @@ pub async fn run(
         ]);
     }
     permissions(master, &master_checks, events).await?;
-    master_ownership(spec, plan, master).await?;
+    master_ownership(spec, &plan.master, master).await?;
     clusterloader2_view(spec, master, events).await;
     let patient = crate::doctor::Patient {
         external,

@@ -326,6 +326,25 @@ async fn per_node_identity_on_a_master_without_tls_bootstrap_is_refused_before_a
         !yaml.contains("--kubeconfig=/kubeconfig/kubelet.kubeconfig"),
         "{yaml}"
     );
+    // The master's objects are in it, the token's secret redacted.
+    assert!(
+        yaml.contains("# on the kubemark master (per-node identity"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("kind: ClusterRoleBinding"), "{yaml}");
+    assert!(
+        yaml.contains("token-secret: '<redacted: 16 bytes"),
+        "{yaml}"
+    );
+    let token = match &plan.master[0].value["stringData"]["token-secret"] {
+        serde_json::Value::String(t) => t.clone(),
+        other => panic!("{other}"),
+    };
+    assert!(!yaml.contains(&token), "{yaml}");
+    assert!(
+        !format!("{plan:?}").contains(&token),
+        "Debug never shows it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

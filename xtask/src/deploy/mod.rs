@@ -326,9 +326,17 @@ fn status(c: &ClusterArgs, global: &Global) -> Result<(), Failure> {
         })
     })?;
     let s = result.map_err(|e| failure(e).json(json))?;
-    let env = write_clusterloader2_env(&s.clusterloader2, &s.namespace, global)?;
+    // Only for a namespace with hollow nodes: never overwrite the file with nothing.
+    let env = match s.wanted {
+        Some(_) => Some(write_clusterloader2_env(
+            &s.clusterloader2,
+            &s.namespace,
+            global,
+        )?),
+        None => None,
+    };
     print_status(&s, json, usize::MAX);
-    if !json {
+    if let Some(env) = env.filter(|_| !json) {
         println!("  (as shell variables in {})", env.display());
     }
     Ok(())

@@ -145,7 +145,7 @@ pub fn print_destroyed(d: &kubemark_deploy::destroy::Destroyed, json: bool) {
 
 /// The flags clusterloader2 takes for this cluster.
 fn print_clusterloader2(cl2: &kubemark_deploy::clusterloader2::Clusterloader2) {
-    println!("  clusterloader2: {}", cl2.args.join(" "));
+    println!("  clusterloader2: {}", cl2.command_line());
 }
 
 pub fn print_doctor(r: &kubemark_deploy::doctor::Report, json: bool) {
