@@ -1549,7 +1549,7 @@ async fn doctor_says_ok_warns_and_fails_on_a_problem() {
         .unwrap();
     c.run(&["doctor"], &[]).await.assert_code(0).stdout_has(&[
         "  warning  daemonsets: DaemonSet default/agent on the master places a pod on every hollow node",
-        "           fix: register the hollow nodes with a taint it does not tolerate",
+        "           fix: keep it off them: add to its pod template's nodeAffinity",
     ]);
     // The namespace now enforces `baseline`: a problem, exit 1, in JSON too.
     c.external
