@@ -79,7 +79,9 @@ struct Used {
     pods: u64,
 }
 
-fn schedulable(node: &Node, tolerations: &[Toleration]) -> bool {
+/// Whether the scheduler places a pod with `tolerations` on `node`: Ready,
+/// not cordoned, no NoSchedule/NoExecute taint it does not tolerate.
+pub(crate) fn schedulable(node: &Node, tolerations: &[Toleration]) -> bool {
     let ready = node
         .status
         .as_ref()

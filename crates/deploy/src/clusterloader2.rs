@@ -64,19 +64,7 @@ fn absolute(path: &Path) -> PathBuf {
 
 /// Whether clusterloader2 (and the scheduler) would place test pods on `node`.
 pub fn schedulable(node: &Node) -> bool {
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let spec = node.spec.as_ref();
-    let cordoned = spec.and_then(|s| s.unschedulable) == Some(true);
-    let tainted = spec
-        .and_then(|s| s.taints.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"));
-    ready && !cordoned && !tainted
+    crate::capacity::schedulable(node, &[])
 }
 
 /// The master's schedulable nodes: (ours, others' names).

@@ -36,6 +36,24 @@ async fn examine(
     .unwrap()
 }
 
+/// The Node's kubelet stopped reporting ten minutes ago (the simulated one
+/// reports every five minutes: this status stays while a test looks).
+async fn not_ready_for_ten_minutes(nodes: &Api<Node>, name: &str) {
+    let ten_minutes_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(600);
+    nodes
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"status": {"conditions": [{
+                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                "lastTransitionTime": ten_minutes_ago.to_string(),
+                "lastHeartbeatTime": ten_minutes_ago.to_string(),
+            }]}})),
+        )
+        .await
+        .unwrap();
+}
+
 fn checks(report: &Report, check: &str) -> Vec<(Severity, String)> {
     report
         .findings
@@ -256,21 +274,7 @@ async fn a_running_pod_under_a_not_ready_node_is_stuck_and_repair_replaces_only_
     let hollow = nodes.list(&Default::default()).await.unwrap().items;
     assert_eq!(hollow.len(), 2);
     let (stuck, healthy) = (hollow[0].name_any(), hollow[1].name_any());
-    // Its kubelet stopped reporting ten minutes ago (the simulated one reports
-    // every five minutes: this status stays while the test looks).
-    let ten_minutes_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(600);
-    nodes
-        .patch_status(
-            &stuck,
-            &PatchParams::default(),
-            &Patch::Strategic(json!({"status": {"conditions": [{
-                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
-                "lastTransitionTime": ten_minutes_ago.to_string(),
-                "lastHeartbeatTime": ten_minutes_ago.to_string(),
-            }]}})),
-        )
-        .await
-        .unwrap();
+    not_ready_for_ten_minutes(&nodes, &stuck).await;
     let report = examine(&external, &master, None, false).await;
     let found = checks(&report, "stuck");
     assert_eq!(found.len(), 1, "{report:#?}");
@@ -380,19 +384,7 @@ async fn theirs_stuck(c: &Clusters, ours: bool) -> (Cluster, Cluster, Pod, Node)
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let ten_minutes_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(600);
-    nodes
-        .patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Strategic(json!({"status": {"conditions": [{
-                "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
-                "lastTransitionTime": ten_minutes_ago.to_string(),
-                "lastHeartbeatTime": ten_minutes_ago.to_string(),
-            }]}})),
-        )
-        .await
-        .unwrap();
+    not_ready_for_ten_minutes(&nodes, &name).await;
     (external, master, pod, node)
 }
 

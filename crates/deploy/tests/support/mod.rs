@@ -24,19 +24,7 @@ impl Clusters {
 
     /// Clusters with `external` as the external cluster, and a master.
     pub async fn with_external(external: Sim) -> Self {
-        let master = Sim::start(SimConfig {
-            name: "master".into(),
-            workers: 0,
-            version: "v1.33.2".into(),
-            ..SimConfig::default()
-        })
-        .await
-        .unwrap();
-        Self {
-            external,
-            master,
-            log: Arc::default(),
-        }
+        Self::of(external, 0).await
     }
 
     /// A master that also has `workers` ordinary, schedulable nodes.
@@ -48,9 +36,13 @@ impl Clusters {
         })
         .await
         .unwrap();
+        Self::of(external, workers).await
+    }
+
+    async fn of(external: Sim, master_workers: usize) -> Self {
         let master = Sim::start(SimConfig {
             name: "master".into(),
-            workers,
+            workers: master_workers,
             version: "v1.33.2".into(),
             ..SimConfig::default()
         })
