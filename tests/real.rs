@@ -734,3 +734,53 @@ fn each_hollow_node_its_own_identity_on_a_real_master() {
     assert!(!csrs_left.contains(&token_id), "{csrs_left}");
     drop(agent);
 }
+
+/// Per-node identity with master credentials that may write the token and the
+/// bindings but not bind the roles: `auto` says why it stays shared, and an
+/// explicit `per-node` is refused naming the right, before anything is written.
+#[test]
+fn per_node_identity_without_the_right_to_bind_is_refused_before_any_write() {
+    let Some(r) = Real::start() else { return };
+    let limited = r.master.kubeconfig_for("no-bind", None).unwrap();
+    r.master
+        .apply(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: no-bind\nrules:\n- apiGroups: [\"\"]\n  resources: [nodes, pods]\n  verbs: [get, list, watch, delete]\n- apiGroups: [\"\"]\n  resources: [secrets]\n  verbs: [get, list, create, patch]\n- apiGroups: [rbac.authorization.k8s.io]\n  resources: [clusterrolebindings]\n  verbs: [get, list, create, patch]\n- apiGroups: [certificates.k8s.io]\n  resources: [certificatesigningrequests]\n  verbs: [get, list]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: no-bind\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: no-bind\nsubjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: User\n  name: no-bind\n",
+        )
+        .unwrap();
+    let deploy = |identity: &str| {
+        r.env.xtask(
+            &Args::new(&["deploy"])
+                .opt("--external-kubeconfig", &r.external.admin_kubeconfig)
+                .opt("--master-kubeconfig", &limited)
+                .flags(&[
+                    "--image",
+                    IMAGE,
+                    "--replicas",
+                    "2",
+                    "--node-identity",
+                    identity,
+                    "--dry-run",
+                    "--skip-capacity-check",
+                    "--allow-loopback-master",
+                ]),
+        )
+    };
+    deploy("auto")
+        .assert_code(0)
+        .stderr_has(&["node identity: shared, one credential for every hollow node (the master's credentials may not bind clusterroles"]);
+    deploy("per-node")
+        .assert_code(1)
+        .stderr_has(&["the kubemark master does not allow what deploy needs: bind clusterroles"]);
+    assert!(
+        r.master
+            .kubectl(&["-n", "kube-system", "get", "secrets", "-o", "name"])
+            .unwrap()
+            .lines()
+            .all(|l| !l.contains("bootstrap-token-")),
+        "no token written"
+    );
+    assert!(
+        r.get(&["namespace", "kubemark"]).is_none(),
+        "nothing written"
+    );
+}

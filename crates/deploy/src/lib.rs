@@ -129,13 +129,15 @@ pub async fn check(spec: &Spec, events: &Events) -> Result<Checked> {
     let (external, master) = connect(&spec.external, &spec.master).await?;
     // Whether each answers first: the node identity's reads would otherwise
     // be the first requests, retried, and say less.
-    preflight::version(&external).await?;
-    preflight::version(&master).await?;
+    let versions = (
+        preflight::version(&external).await?,
+        preflight::version(&master).await?,
+    );
     let plan = match identity::decide(spec, &master, events).await? {
         Some(token) => plan::build(spec, &pod_kubeconfig, Some(&token))?,
         None => shared,
     };
-    let findings = preflight::run(spec, &plan, &external, &master, events).await?;
+    let findings = preflight::run(spec, &plan, &external, &master, versions, events).await?;
     Ok(Checked {
         plan,
         findings,

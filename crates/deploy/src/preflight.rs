@@ -381,15 +381,16 @@ async fn clusterloader2_view(spec: &Spec, master: &Cluster, events: &Events) {
 }
 
 /// Every check; errors before anything was written.
+/// `versions`: what [`version`] read from the external cluster and the master.
 pub async fn run(
     spec: &Spec,
     plan: &Plan,
     external: &Cluster,
     master: &Cluster,
+    versions: (String, String),
     events: &Events,
 ) -> Result<Findings> {
-    let external_version = version(external).await?;
-    let master_version = version(master).await?;
+    let (external_version, master_version) = versions;
     events.note(format!(
         "external cluster {} ({external_version}), context {}",
         external.server, external.context
@@ -438,17 +439,7 @@ pub async fn run(
         ("delete", "", "nodes", "", None),
     ];
     if !plan.master.is_empty() {
-        master_checks.extend([
-            ("list", "", "secrets", "", Some("kube-system")),
-            ("patch", "", "secrets", "", Some("kube-system")),
-            (
-                "patch",
-                "rbac.authorization.k8s.io",
-                "clusterrolebindings",
-                "",
-                None,
-            ),
-        ]);
+        master_checks.extend(crate::identity::MASTER_RIGHTS);
     }
     permissions(master, &master_checks, events).await?;
     master_ownership(spec, &plan.master, master).await?;

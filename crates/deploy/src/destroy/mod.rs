@@ -299,30 +299,7 @@ async fn preflight(
         ("delete", "", "nodes", "", None),
     ];
     if identity == Some(true) {
-        master_checks.extend([
-            ("delete", "", "secrets", "", Some("kube-system")),
-            (
-                "delete",
-                "rbac.authorization.k8s.io",
-                "clusterrolebindings",
-                "",
-                None,
-            ),
-            (
-                "list",
-                "certificates.k8s.io",
-                "certificatesigningrequests",
-                "",
-                None,
-            ),
-            (
-                "delete",
-                "certificates.k8s.io",
-                "certificatesigningrequests",
-                "",
-                None,
-            ),
-        ]);
+        master_checks.extend(crate::identity::REMOVE_RIGHTS);
     }
     crate::preflight::permissions(master, &master_checks, events).await?;
     Ok(identity)

@@ -66,6 +66,32 @@ pub const MASTER_RIGHTS: [(&str, &str, &str, &str, Option<&str>); 7] = [
     ),
 ];
 
+/// What destroy needs the master's credentials to do to remove them.
+pub const REMOVE_RIGHTS: [(&str, &str, &str, &str, Option<&str>); 4] = [
+    ("delete", "", "secrets", "", Some("kube-system")),
+    (
+        "delete",
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        "",
+        None,
+    ),
+    (
+        "list",
+        "certificates.k8s.io",
+        "certificatesigningrequests",
+        "",
+        None,
+    ),
+    (
+        "delete",
+        "certificates.k8s.io",
+        "certificatesigningrequests",
+        "",
+        None,
+    ),
+];
+
 /// Which credential the hollow kubelets use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
