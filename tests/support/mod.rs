@@ -65,6 +65,10 @@ impl Registry {
     pub fn digest(&self, repository: &str, tag: &str) -> Option<String> {
         self.inner.digest(repository, tag).unwrap()
     }
+
+    pub fn manifest(&self, repository: &str, reference: &str) -> Option<serde_json::Value> {
+        self.inner.manifest(repository, reference).unwrap()
+    }
 }
 
 /// What a run of the xtask binary did.
@@ -392,6 +396,81 @@ pub mod docker {
         let mut data = Vec::new();
         entry.read_to_end(&mut data).unwrap();
         data
+    }
+
+    /// Every path of the image's filesystem (`docker create` + `docker export`) with its
+    /// type, mode, owner, size and content digest; what docker adds to any container
+    /// (`/etc/hosts`, `/dev`, ...) left out.
+    pub fn filesystem(image: &str) -> Vec<String> {
+        let id = sh("docker", &["create", image], None);
+        let output = Command::new("docker")
+            .args(["export", &id])
+            .output()
+            .unwrap();
+        sh("docker", &["rm", &id], None);
+        assert!(
+            output.status.success(),
+            "docker export: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut archive = tar::Archive::new(output.stdout.as_slice());
+        let mut out = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let bare = path.trim_end_matches('/');
+            let added = [
+                ".dockerenv",
+                "etc",
+                "etc/hostname",
+                "etc/hosts",
+                "etc/mtab",
+                "etc/resolv.conf",
+            ];
+            if added.contains(&bare)
+                || ["dev", "proc", "sys"]
+                    .iter()
+                    .any(|d| bare == *d || bare.starts_with(&format!("{d}/")))
+            {
+                continue;
+            }
+            let header = entry.header().clone();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            out.push(format!(
+                "{path} {:?} {:o} {}:{} {} {}",
+                header.entry_type(),
+                header.mode().unwrap(),
+                header.uid().unwrap(),
+                header.gid().unwrap(),
+                data.len(),
+                &sha256_hex(&data)[..16]
+            ));
+        }
+        out.sort();
+        out
+    }
+
+    /// `docker image inspect --format {{json <field>}}`.
+    pub fn inspect(image: &str, field: &str) -> serde_json::Value {
+        let json = sh(
+            "docker",
+            &[
+                "image",
+                "inspect",
+                "--format",
+                &format!("{{{{json {field}}}}}"),
+                image,
+            ],
+            None,
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    /// Tag `local` as `target` and push it (`docker tag`, `docker push`).
+    pub fn push_as(local: &str, target: &str) {
+        sh("docker", &["tag", local, target], None);
+        sh("docker", &["push", "--quiet", target], None);
     }
 
     /// Run the image (optionally with another entrypoint) and return its stdout.

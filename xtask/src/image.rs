@@ -5,7 +5,10 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 
 use kubemark_image::error::RemoteCause;
-use kubemark_image::{Credentials, Error, ImageRef, Outcome, Plan, SourceSpec, Spec, Status};
+use kubemark_image::oci::{Compression, Platform};
+use kubemark_image::{
+    Builder, Credentials, Error, ImageRef, Outcome, Plan, SourceSpec, Spec, Status,
+};
 
 use crate::Global;
 use crate::config::Given;
@@ -55,6 +58,27 @@ pub struct Args {
     /// Replace the base image (the Dockerfile's final FROM), e.g. a mirror of go-runner.
     #[arg(long, env = "KUBEMARK_BASE_IMAGE", value_name = "IMAGE")]
     base_image: Option<String>,
+    /// Who builds and pushes: the Docker engine, or this process (no engine needed;
+    /// reproducible layers compressed on every core, pushed through the registry API).
+    #[arg(long, value_enum, env = "KUBEMARK_BUILDER", default_value_t = BuilderArg::Engine)]
+    builder: BuilderArg,
+    /// Layer compression for --builder oci: gzip (every runtime), zstd (containerd 1.5+, Docker 23+), none.
+    #[arg(long, value_enum, env = "KUBEMARK_COMPRESSION", default_value_t = CompressionArg::Gzip)]
+    compression: CompressionArg,
+    /// Build for these platforms (comma-separated, e.g. linux/amd64,linux/arm64): make runs once
+    /// per platform, and the tag names an index of the images [default: the host's, or the one
+    /// KUBE_BUILD_PLATFORMS names].
+    #[arg(
+        long,
+        env = "KUBEMARK_PLATFORMS",
+        value_delimiter = ',',
+        value_name = "OS/ARCH"
+    )]
+    platforms: Vec<String>,
+    /// With --builder oci: allow plain HTTP to a registry that is not on this machine
+    /// (one on this machine is reached over plain HTTP when HTTPS fails, as the engine does).
+    #[arg(long, env = "KUBEMARK_INSECURE_REGISTRY")]
+    insecure_registry: bool,
     /// Build the image but do not push it.
     #[arg(long, env = "KUBEMARK_NO_PUSH")]
     no_push: bool,
@@ -70,6 +94,19 @@ pub struct Args {
     /// Result format on stdout.
     #[arg(long, value_enum, env = "KUBEMARK_OUTPUT", default_value_t)]
     output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BuilderArg {
+    Engine,
+    Oci,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CompressionArg {
+    Gzip,
+    Zstd,
+    None,
 }
 
 pub fn run(args: Args, global: &Global) -> Result<(), Failure> {
@@ -182,12 +219,40 @@ fn spec(args: Args, global: &Global) -> Result<(Spec, bool), Failure> {
     };
     if let Some(base) = args.base_image.as_deref()
         && base != "scratch"
+        && !base.starts_with("oci:")
         && let Err(e) = ImageRef::parse(base)
     {
         return Err(Failure::usage(
             format!("{}: {e}", given.origin("base_image", "KUBEMARK_BASE_IMAGE")),
-            "give an image reference such as 127.0.0.1:5000/go-runner:v2.4.0 or `scratch`",
+            "give an image reference such as 127.0.0.1:5000/go-runner:v2.4.0, `scratch`, or (with --builder oci) a local OCI layout as oci:PATH",
         ));
+    }
+    let mut platforms: Vec<Platform> = Vec::new();
+    for text in args
+        .platforms
+        .iter()
+        .map(|p| p.trim())
+        .filter(|p| !p.is_empty())
+    {
+        let platform = Platform::parse(text).map_err(|e| {
+            Failure::usage(
+                format!("{}: {e}", given.origin("platforms", "KUBEMARK_PLATFORMS")),
+                format!(
+                    "e.g. {}",
+                    given.with("platforms", "KUBEMARK_PLATFORMS", "linux/amd64,linux/arm64")
+                ),
+            )
+        })?;
+        if platforms.contains(&platform) {
+            return Err(Failure::usage(
+                format!(
+                    "{} names {platform} twice",
+                    given.origin("platforms", "KUBEMARK_PLATFORMS")
+                ),
+                "name each platform once",
+            ));
+        }
+        platforms.push(platform);
     }
     let source = SourceSpec {
         url: args.kubernetes_repo.unwrap_or_else(|| UPSTREAM.to_owned()),
@@ -215,6 +280,17 @@ fn spec(args: Args, global: &Global) -> Result<(Spec, bool), Failure> {
         force: args.force,
         credentials,
         state_dir: global.state_dir.clone(),
+        builder: match args.builder {
+            BuilderArg::Engine => Builder::Engine,
+            BuilderArg::Oci => Builder::Oci,
+        },
+        compression: match args.compression {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::None => Compression::None,
+        },
+        platforms,
+        insecure_registry: args.insecure_registry,
     };
     Ok((spec, args.dry_run))
 }
@@ -251,6 +327,7 @@ fn print_plan(plan: &Plan, json: bool) {
     let s = &plan.source;
     println!("plan (dry run, nothing was changed):");
     println!("  image:   {}", plan.image);
+    println!("  builder: {}", plan.builder.as_str());
     println!("  engine:  {}", plan.engine);
     let what = match &s.git_ref {
         Some(r) => format!(
@@ -286,6 +363,15 @@ fn print_plan(plan: &Plan, json: bool) {
             .map(|b| format!(" with FROM {b}"))
             .unwrap_or_default()
     );
+    if !plan.build.platforms.is_empty() {
+        println!(
+            "  platforms: {} (one image each, under one index)",
+            plan.build.platforms.join(", ")
+        );
+    }
+    if plan.builder == Builder::Oci {
+        println!("  layers:  {}", plan.build.compression);
+    }
     match &plan.push {
         Some(p) => println!("  push:    to {} {}", p.registry, p.auth),
         None => println!("  push:    no (--no-push)"),
@@ -312,6 +398,15 @@ fn print_outcome(outcome: &Outcome, json: bool) {
         r.version,
         if r.dirty { " (dirty)" } else { "" }
     );
+    if r.platforms.len() > 1 {
+        for p in &r.platforms {
+            println!(
+                "  {} {}",
+                p.platform,
+                p.digest.as_deref().unwrap_or(&p.image_id)
+            );
+        }
+    }
     println!("  record {}", outcome.record_path.display());
 }
 

@@ -10,7 +10,7 @@ use crate::reference::{ImageRef, RefError};
 pub const LATEST: &str = "image.json";
 
 /// What an image run produced.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     /// `registry/kubemark:tag`.
     #[serde(rename = "ref")]
@@ -28,6 +28,24 @@ pub struct Record {
     pub inputs: String,
     /// The kubernetes repository, without credentials.
     pub source: String,
+    /// `engine` or `oci` (absent in records written before there was a choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<String>,
+    /// One entry per platform built; with several, `digest` is their index's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<PlatformImage>,
+}
+
+/// The image built for one platform.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlatformImage {
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// The platform's manifest digest in the registry, when pushed.
+    pub digest: Option<String>,
+    /// The image's config digest (the engine's image ID).
+    pub image_id: String,
+    pub binary_sha256: String,
 }
 
 /// Why `image.json` could not be used.
@@ -102,6 +120,7 @@ mod tests {
             binary_sha256: "b".into(),
             inputs: "sha256:22".into(),
             source: "git://x/k".into(),
+            ..Record::default()
         }
     }
 

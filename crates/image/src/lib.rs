@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod make;
+pub mod oci;
 pub mod pipeline;
 pub mod record;
 pub use kubemark_contract::reference;
@@ -23,7 +24,9 @@ pub mod source;
 pub use auth::Credentials;
 pub use error::{Error, Result};
 pub use event::{CancellationToken, Event, Events, Stage};
-pub use pipeline::{Outcome, Plan, Prepared, SourceAction, Spec, Status, execute, preflight, run};
+pub use pipeline::{
+    Builder, Outcome, Plan, Prepared, SourceAction, Spec, Status, execute, preflight, run,
+};
 pub use record::{Record, Records};
 pub use reference::{ImageRef, RefError};
 pub use source::SourceSpec;

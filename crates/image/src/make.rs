@@ -66,21 +66,28 @@ pub fn requested_platform() -> Result<Option<String>> {
     }
 }
 
-/// Run make, streaming its output to `log` and to events; return the binary.
+/// Run make for `platform` (`os/arch`, passed as `KUBE_BUILD_PLATFORMS`; `None`:
+/// make's default, the host's), streaming its output to `log` and to events;
+/// return the binary.
 pub fn run(
     checkout: &Path,
     log: &Path,
+    platform: Option<&str>,
     events: &Events,
     cancel: &CancellationToken,
 ) -> Result<Binary> {
-    let platform = requested_platform()?;
+    let platform = platform.map(str::to_owned);
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
     let mut log_file =
         std::fs::File::create(log).map_err(Error::io("creating the build log", log))?;
-    let handle = duct::cmd("make", ["all", "WHAT=cmd/kubemark"])
-        .dir(checkout)
+    let mut command = duct::cmd("make", ["all", "WHAT=cmd/kubemark"]).dir(checkout);
+    command = match &platform {
+        Some(p) => command.env("KUBE_BUILD_PLATFORMS", p),
+        None => command.env_remove("KUBE_BUILD_PLATFORMS"),
+    };
+    let handle = command
         .stderr_to_stdout()
         .stdin_null()
         .unchecked()

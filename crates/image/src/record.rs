@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-pub use kubemark_contract::record::Record;
+pub use kubemark_contract::record::{PlatformImage, Record};
 
 /// Where records live.
 #[derive(Debug, Clone)]
@@ -85,6 +85,7 @@ mod tests {
             binary_sha256: "b".into(),
             inputs: "sha256:22".into(),
             source: "git://x/k".into(),
+            ..Record::default()
         };
         let latest = records.save(&record).unwrap();
         assert_eq!(latest, dir.path().join("image.json"));

@@ -7,6 +7,8 @@ use std::process::Command;
 use crate::process::{Guard, free_port, wait_for_port};
 use crate::programs::{require, run};
 
+const ACCEPT: &str = "Accept: application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
+
 /// A `docker-registry` (distribution 2.8) on a loopback port, with filesystem storage.
 #[derive(Debug)]
 pub struct Registry {
@@ -62,13 +64,41 @@ impl Registry {
     }
 
     /// The digest the registry serves for `repository:tag` (read with curl), if any.
+    /// The manifest (or index) `reference` of `repository` as served: its JSON, or `None`.
+    pub fn manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> io::Result<Option<serde_json::Value>> {
+        let url = format!("http://{}/v2/{repository}/manifests/{reference}", self.addr);
+        let mut args = vec![
+            "-sS".to_owned(),
+            "-f".to_owned(),
+            "-H".to_owned(),
+            ACCEPT.to_owned(),
+        ];
+        if let Some((u, p)) = &self.auth {
+            args.push("-u".into());
+            args.push(format!("{u}:{p}"));
+        }
+        args.push(url);
+        let output = Command::new("curl").args(&args).output()?;
+        if !output.status.success() {
+            return Ok(None);
+        }
+        serde_json::from_slice(&output.stdout)
+            .map(Some)
+            .map_err(io::Error::other)
+    }
+
+    /// The digest the tag names, asked as the engine asks (every manifest type).
     pub fn digest(&self, repository: &str, tag: &str) -> io::Result<Option<String>> {
         let url = format!("http://{}/v2/{repository}/manifests/{tag}", self.addr);
         let mut args = vec![
             "-sS".to_owned(),
             "-I".to_owned(),
             "-H".to_owned(),
-            "Accept: application/vnd.docker.distribution.manifest.v2+json".to_owned(),
+            ACCEPT.to_owned(),
         ];
         if let Some((u, p)) = &self.auth {
             args.push("-u".into());

@@ -41,7 +41,7 @@ fn parse_from(line: &str) -> Option<From<'_>> {
 
 /// Replace the final stage's base image with `image`, keeping flags and `AS name`.
 pub fn rewrite_from(dockerfile: &str, image: &str) -> Result<(String, String)> {
-    if image != "scratch" {
+    if image != "scratch" && !image.starts_with("oci:") {
         crate::reference::ImageRef::parse(image).map_err(|e| Error::BaseImage {
             reason: e.to_string(),
         })?;

@@ -52,7 +52,57 @@ pub struct Context {
     label_line: String,
 }
 
+/// A file of the build context, as `COPY` sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The path in the context, `/`-separated, relative.
+    pub rel: String,
+    pub kind: ItemKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemKind {
+    File {
+        path: PathBuf,
+        mode: u32,
+        size: u64,
+    },
+    Symlink(PathBuf),
+    /// The Dockerfile as sent.
+    Text(String),
+}
+
 impl Context {
+    /// Every file of the context as the engine receives it (Dockerfile, the folder's
+    /// other files, the built binary as `kubemark`), sorted by path.
+    pub fn items(&self) -> Vec<Item> {
+        let mut items = vec![Item {
+            rel: "Dockerfile".into(),
+            kind: ItemKind::Text(self.dockerfile_sent()),
+        }];
+        items.extend(self.entries.iter().map(|e| Item {
+            rel: e.rel.clone(),
+            kind: match &e.link {
+                Some(target) => ItemKind::Symlink(target.clone()),
+                None => ItemKind::File {
+                    path: e.abs.clone(),
+                    mode: e.mode,
+                    size: e.size,
+                },
+            },
+        }));
+        items.push(Item {
+            rel: "kubemark".into(),
+            kind: ItemKind::File {
+                path: self.binary.clone(),
+                mode: 0o755,
+                size: self.binary_size,
+            },
+        });
+        items.sort_by(|a, b| a.rel.cmp(&b.rel));
+        items
+    }
+
     /// Read the context folder of `checkout`, rewrite the base image if asked, hash everything.
     pub fn prepare(checkout: &Path, binary: &Path, base_image: Option<&str>) -> Result<Self> {
         let dir = checkout.join(CONTEXT_DIR);

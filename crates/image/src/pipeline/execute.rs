@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
-use super::inputs::{fingerprint, labels};
-use super::{INPUTS_LABEL, Outcome, Prepared, SourceAction, Spec, Status, blocking};
+use super::build::{self, Target};
+use super::inputs::{combine, fingerprint, labels};
+use super::{Builder, INPUTS_LABEL, Outcome, Prepared, SourceAction, Spec, Status, blocking};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::event::{CancellationToken, Event, Events, Stage};
 use crate::make;
+use crate::oci::{self, Platform};
 use crate::record::{Record, Records};
 use crate::source;
 
@@ -58,82 +60,128 @@ pub async fn execute(
         ),
     });
 
-    // Make.
-    make::check_tools(&checkout.dir)?;
-    events.emit(Event::Stage {
-        stage: Stage::Make,
-        what: format!(
-            "make all WHAT=cmd/kubemark (log: {})",
-            plan.build.log.display()
-        ),
-    });
-    let started = std::time::Instant::now();
-    let binary = {
-        let (dir, log, events, cancel) = (
-            checkout.dir.clone(),
-            plan.build.log.clone(),
-            events.clone(),
-            cancel.clone(),
-        );
-        blocking(move || make::run(&dir, &log, &events, &cancel)).await?
-    };
-    let mut context = {
-        let (dir, bin, base) = (
-            checkout.dir.clone(),
-            binary.path.clone(),
-            spec.base_image.clone(),
-        );
-        blocking(move || Context::prepare(&dir, &bin, base.as_deref())).await?
-    };
-    events.emit(Event::StageDone {
-        stage: Stage::Make,
-        what: format!(
-            "{} ({} bytes, sha256 {}) in {:.1}s",
-            binary.path.display(),
-            context.binary_size,
-            &context.binary_sha256[..12],
-            started.elapsed().as_secs_f64()
-        ),
-    });
-
-    // Up to date?
-    let base_id = if context.base == "scratch" {
-        "scratch".to_owned()
+    // Make, once per platform.
+    let make_platforms: Vec<Option<String>> = if spec.platforms.is_empty() {
+        vec![plan.build.platform.clone()]
     } else {
-        engine
-            .image_id(&context.base)
-            .await?
-            .unwrap_or_else(|| format!("not-local:{}", context.base))
+        spec.platforms.iter().map(|p| Some(p.to_string())).collect()
     };
-    let mut labels = labels(&spec.source.url, &checkout, &context);
-    let inputs = fingerprint(
-        &spec.image,
-        &context,
-        &base_id,
-        &labels,
-        binary.platform.as_deref(),
-    );
-    labels.insert(INPUTS_LABEL.to_owned(), inputs.clone());
-    context.set_labels(&labels);
-    let context = Arc::new(context);
-    // The Dockerfile exactly as the engine gets it, for whoever wonders what was built.
+    let mut targets = Vec::new();
+    for make_platform in make_platforms {
+        make::check_tools(&checkout.dir)?;
+        let log = match (&make_platform, spec.platforms.len() > 1) {
+            (Some(p), true) => plan
+                .build
+                .log
+                .with_file_name(format!("make-{}.log", p.replace('/', "-"))),
+            _ => plan.build.log.clone(),
+        };
+        events.emit(Event::Stage {
+            stage: Stage::Make,
+            what: format!(
+                "make all WHAT=cmd/kubemark{} (log: {})",
+                make_platform
+                    .as_ref()
+                    .map(|p| format!(" KUBE_BUILD_PLATFORMS={p}"))
+                    .unwrap_or_default(),
+                log.display()
+            ),
+        });
+        let started = std::time::Instant::now();
+        let binary = {
+            let (dir, log, platform, events, cancel) = (
+                checkout.dir.clone(),
+                log.clone(),
+                make_platform.clone(),
+                events.clone(),
+                cancel.clone(),
+            );
+            blocking(move || make::run(&dir, &log, platform.as_deref(), &events, &cancel)).await?
+        };
+        let context = {
+            let (dir, bin, base) = (
+                checkout.dir.clone(),
+                binary.path.clone(),
+                spec.base_image.clone(),
+            );
+            blocking(move || Context::prepare(&dir, &bin, base.as_deref())).await?
+        };
+        events.emit(Event::StageDone {
+            stage: Stage::Make,
+            what: format!(
+                "{} ({} bytes, sha256 {}) in {:.1}s",
+                binary.path.display(),
+                context.binary_size,
+                &context.binary_sha256[..12],
+                started.elapsed().as_secs_f64()
+            ),
+        });
+        let platform = match &make_platform {
+            Some(p) => Platform::parse(p).map_err(Error::Usage)?,
+            None => Platform::host(),
+        };
+        targets.push((platform, make_platform, context));
+    }
+
+    // The base, labels and fingerprint of each platform's image.
+    let mut built_targets = Vec::new();
+    let mut fingerprints = Vec::new();
+    for (platform, make_platform, mut context) in targets {
+        let (base_id, base) = match (&engine, spec.builder) {
+            (Some(engine), Builder::Engine) if context.base != "scratch" => (
+                engine
+                    .image_id(&context.base)
+                    .await?
+                    .unwrap_or_else(|| format!("not-local:{}", context.base)),
+                None,
+            ),
+            (_, Builder::Engine) => ("scratch".to_owned(), None),
+            (_, Builder::Oci) => {
+                let recipe = oci::dockerfile::parse(&context.dockerfile)?;
+                let base =
+                    oci::base::resolve(&recipe.base, &platform, spec.insecure_registry).await?;
+                let id = base
+                    .config_digest
+                    .clone()
+                    .unwrap_or_else(|| "scratch".to_owned());
+                (id, Some(base))
+            }
+        };
+        let mut labels = labels(&spec.source.url, &checkout, &context);
+        let inputs = fingerprint(&context, &base_id, &labels, make_platform.as_deref());
+        labels.insert(INPUTS_LABEL.to_owned(), inputs.clone());
+        context.set_labels(&labels);
+        fingerprints.push(inputs);
+        built_targets.push(Target {
+            platform,
+            make_platform,
+            context: Arc::new(context),
+            base,
+        });
+    }
+    let targets = built_targets;
+    let inputs = combine(&fingerprints, spec.builder);
+    // The Dockerfile exactly as the builder gets it, for whoever wonders what was built.
     let sent = spec.state_dir.join("Dockerfile.sent");
-    std::fs::write(&sent, context.dockerfile_sent()).map_err(Error::io("writing", &sent))?;
+    std::fs::write(&sent, targets[0].context.dockerfile_sent())
+        .map_err(Error::io("writing", &sent))?;
 
     let records = Records::new(&spec.state_dir);
     let previous = records
         .load(&spec.image.to_string())
         .filter(|r| r.inputs == inputs);
     if let Some(previous) = previous.filter(|_| !spec.force) {
-        let current = match &registry {
-            Some(registry) => registry
+        let current = match (&registry, &engine) {
+            (Some(registry), _) => registry
                 .manifest_digest(&spec.image)
                 .await?
                 .filter(|d| Some(d) == previous.digest.as_ref()),
-            None => engine
+            (None, Some(engine)) => engine
                 .image_id(&spec.image.to_string())
                 .await?
                 .filter(|id| *id == previous.image_id && previous.digest.is_none()),
+            // Built into the layout and not pushed: building again costs little.
+            (None, None) => None,
         };
         if current.is_some() {
             let record_path = records.save(&previous)?;
@@ -145,57 +193,24 @@ pub async fn execute(
         }
     }
 
-    // Image.
-    events.emit(Event::Stage {
-        stage: Stage::Image,
-        what: format!("building {} from {}", spec.image, context.dir.display()),
-    });
-    let started = std::time::Instant::now();
-    let built = engine
-        .build(
-            &spec.image,
-            Arc::clone(&context),
-            binary.platform.as_deref(),
-            events,
-            cancel,
-        )
-        .await?;
-    events.emit(Event::StageDone {
-        stage: Stage::Image,
-        what: format!("{} in {:.1}s", built.id, started.elapsed().as_secs_f64()),
-    });
-
-    // Push.
-    let digest = match &registry {
-        Some(registry) => {
-            events.emit(Event::Stage {
-                stage: Stage::Push,
-                what: format!("pushing {} to {}", spec.image, registry.base_url()),
-            });
-            let started = std::time::Instant::now();
-            let digest = engine
-                .push(&spec.image, credentials.as_ref(), events, cancel)
-                .await?;
-            match registry.manifest_digest(&spec.image).await? {
-                Some(served) if served == digest => {}
-                served => {
-                    return Err(Error::PushFailed {
-                        image: spec.image.to_string(),
-                        message: format!(
-                            "the engine reported {digest} but the registry serves {}",
-                            served.as_deref().unwrap_or("nothing")
-                        ),
-                    });
-                }
-            }
-            events.emit(Event::StageDone {
-                stage: Stage::Push,
-                what: format!("{digest} in {:.1}s", started.elapsed().as_secs_f64()),
-            });
-            Some(digest)
+    // Image and push.
+    let produced = match (&engine, spec.builder) {
+        (Some(engine), Builder::Engine) => {
+            build::with_engine(
+                spec,
+                engine,
+                registry.as_ref(),
+                credentials.as_ref(),
+                &targets,
+                events,
+                cancel,
+            )
+            .await?
         }
-        None => None,
+        _ => build::with_oci(spec, registry.as_ref(), &targets, events, cancel).await?,
     };
+    let digest = produced.digest.clone();
+    let context = &targets[0].context;
 
     let record = Record {
         reference: spec.image.to_string(),
@@ -204,13 +219,15 @@ pub async fn execute(
             None => spec.image.to_string(),
         },
         digest,
-        image_id: built.id,
+        image_id: produced.image_id,
         commit: checkout.commit,
         version: checkout.version,
         dirty: checkout.dirty,
         binary_sha256: context.binary_sha256.clone(),
         inputs,
         source: source::redact_url(&spec.source.url),
+        builder: Some(spec.builder.as_str().to_owned()),
+        platforms: produced.platforms,
     };
     let record_path = records.save(&record)?;
     Ok(Outcome {

@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use super::DIRTY_LABEL;
+use super::{Builder, DIRTY_LABEL};
 use crate::context::{self, Context};
-use crate::reference::ImageRef;
 use crate::source::{self, Checkout};
 
 /// The image's labels, all but the fingerprint: what it is, where from, built how.
@@ -44,23 +43,39 @@ pub(super) fn labels(
     labels
 }
 
-/// A digest of everything that goes into the image: same fingerprint, same image.
+/// A digest of everything that goes into one platform's image: same fingerprint,
+/// same image, whatever its tag (the record is kept per reference).
 pub(super) fn fingerprint(
-    image: &ImageRef,
     context: &Context,
     base_id: &str,
     labels: &BTreeMap<String, String>,
     platform: Option<&str>,
 ) -> String {
     let mut h = Sha256::new();
-    h.update(b"kubemark-image-inputs v1\n");
+    h.update(b"kubemark-image-inputs v2\n");
     h.update(format!(
-        "ref {image}\ncontext {}\nbase {base_id}\nplatform {}\n",
+        "context {}\nbase {base_id}\nplatform {}\n",
         context.digest,
         platform.unwrap_or("")
     ));
     for (k, v) in labels {
         h.update(format!("label {k}={v}\n"));
+    }
+    format!("sha256:{}", context::hex(&h.finalize()))
+}
+
+/// The record's fingerprint: every platform's, and the builder (a run with the
+/// other builder builds again).
+pub(super) fn combine(fingerprints: &[String], builder: Builder) -> String {
+    if let [one] = fingerprints
+        && builder == Builder::Engine
+    {
+        return one.clone();
+    }
+    let mut h = Sha256::new();
+    h.update(format!("builder {}\n", builder.as_str()));
+    for f in fingerprints {
+        h.update(format!("{f}\n"));
     }
     format!("sha256:{}", context::hex(&h.finalize()))
 }

@@ -2,6 +2,7 @@
 //! [`Spec`] → [`preflight`] (read-only checks, a printable [`Plan`]) →
 //! [`execute`] (source, make, image, push) → [`Outcome`] and a [`Record`].
 
+mod build;
 mod execute;
 mod inputs;
 mod lock;
@@ -13,6 +14,7 @@ use crate::auth::Credentials;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event::{CancellationToken, Events};
+use crate::oci::{Compression, Platform};
 use crate::record::Record;
 use crate::reference::ImageRef;
 use crate::registry::Registry;
@@ -40,12 +42,43 @@ pub struct Spec {
     pub credentials: Option<Credentials>,
     /// Where records, logs and the lock live (`target/kubemark`).
     pub state_dir: PathBuf,
+    /// Who builds and pushes the image.
+    pub builder: Builder,
+    /// How the OCI builder compresses layers.
+    pub compression: Compression,
+    /// Platforms to build, one image each under one index; empty: one image, for the
+    /// platform `KUBE_BUILD_PLATFORMS` names or else the host's.
+    pub platforms: Vec<Platform>,
+    /// Let the OCI builder talk plain HTTP to a registry that is not on this machine.
+    pub insecure_registry: bool,
+}
+
+/// Who builds and pushes the image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Builder {
+    /// The Docker engine (bollard): build from the Dockerfile, push through the engine.
+    #[default]
+    Engine,
+    /// This process: layers, config and manifest written here, pushed through the registry API.
+    Oci,
+}
+
+impl Builder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Builder::Engine => "engine",
+            Builder::Oci => "oci",
+        }
+    }
 }
 
 /// What a run will do, decided by the read-only preflight.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Plan {
     pub image: String,
+    pub builder: Builder,
+    /// The engine, or `none` for the OCI builder.
     pub engine: String,
     pub source: PlanSource,
     pub build: PlanBuild,
@@ -100,7 +133,12 @@ pub struct PlanBuild {
     pub log: PathBuf,
     pub dockerfile: PathBuf,
     pub base_image: Option<String>,
+    /// The one platform `KUBE_BUILD_PLATFORMS` names, if it does.
     pub platform: Option<String>,
+    /// `--platforms`: one image each, under one index.
+    pub platforms: Vec<String>,
+    /// Layer compression (the OCI builder; the engine always gzips).
+    pub compression: Compression,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -113,7 +151,7 @@ pub struct PlanPush {
 #[derive(Debug)]
 pub struct Prepared {
     pub plan: Plan,
-    engine: Engine,
+    engine: Option<Engine>,
     registry: Option<Registry>,
     credentials: Option<Credentials>,
     local: Local,

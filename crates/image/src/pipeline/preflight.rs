@@ -4,16 +4,19 @@
 use std::path::PathBuf;
 
 use super::lock::{lock_checkout, lock_state};
-use super::{Plan, PlanBuild, PlanPush, PlanSource, Prepared, SourceAction, Spec, blocking};
+use super::{
+    Builder, Plan, PlanBuild, PlanPush, PlanSource, Prepared, SourceAction, Spec, blocking,
+};
 use crate::auth::Credentials;
 use crate::context;
 use crate::engine::{Endpoint, Engine};
 use crate::error::{Error, Result};
 use crate::event::{CancellationToken, Event, Events, Say, Stage};
 use crate::make;
+use crate::oci::Compression;
 use crate::record::Records;
 use crate::reference::ImageRef;
-use crate::registry::Registry;
+use crate::registry::{Access, Registry};
 use crate::source::{self, Local};
 
 /// Check everything that can be checked without changing anything: the image
@@ -24,14 +27,9 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         stage: Stage::Preflight,
         what: "checking the engine, the registry and the source".into(),
     });
-    if let Some(base) = &spec.base_image
-        && base != "scratch"
-    {
-        ImageRef::parse(base).map_err(|e| Error::BaseImage {
-            reason: e.to_string(),
-        })?;
-    }
+    check_builder_options(spec)?;
     if spec.push
+        && spec.builder == Builder::Engine
         && let Some(address) = crate::engine::unreadable_address(&spec.image.registry)
     {
         return Err(Error::AddressForm {
@@ -43,7 +41,11 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
     if spec.source.update {
         source::check_local_repository(&spec.source.url)?;
     }
-    let platform = make::requested_platform()?;
+    let platform = if spec.platforms.is_empty() {
+        make::requested_platform()?
+    } else {
+        None
+    };
     if spec.image.tag == "latest" {
         events.warn("the tag `latest` is shared by every job that pushes it; jobs overwrite each other's image (kubernetes#59567): prefer a unique tag");
     }
@@ -71,19 +73,48 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
     // `go` is checked too when the checkout exists (and again after a clone).
     make::check_tools(&spec.source.dir)?;
 
-    let engine = Engine::connect(Endpoint::from_env()?).await?;
-    events.note(format!(
-        "Docker engine {} (API {}) at {}",
-        engine.version, engine.api_version, engine.endpoint
-    ));
+    let engine = match spec.builder {
+        Builder::Engine => {
+            let engine = Engine::connect(Endpoint::from_env()?).await?;
+            events.note(format!(
+                "Docker engine {} (API {}) at {}",
+                engine.version, engine.api_version, engine.endpoint
+            ));
+            Some(engine)
+        }
+        Builder::Oci => {
+            // What can be read of the Dockerfile now is refused now, before a clone or make.
+            let dockerfile = spec
+                .source
+                .dir
+                .join(context::CONTEXT_DIR)
+                .join("Dockerfile");
+            if let Ok(text) = std::fs::read_to_string(&dockerfile) {
+                let text = match &spec.base_image {
+                    Some(base) => context::rewrite_from(&text, base)?.0,
+                    None => text,
+                };
+                crate::oci::dockerfile::parse(&text)?;
+            }
+            events.note(format!(
+                "building in this process (--builder oci), layers {}-compressed",
+                spec.compression
+            ));
+            None
+        }
+    };
 
     let (registry, credentials) = if spec.push {
         let credentials = match &spec.credentials {
             Some(c) => Some(c.clone()),
             None => Credentials::from_docker_config(&spec.image)?,
         };
-        let insecure = engine.is_insecure_registry(&spec.image);
-        let registry = Registry::connect(&spec.image, credentials.as_ref(), insecure).await?;
+        let insecure = match &engine {
+            Some(engine) => engine.is_insecure_registry(&spec.image),
+            None => spec.insecure_registry || spec.image.is_loopback_registry(),
+        };
+        let registry =
+            Registry::connect(&spec.image, credentials.as_ref(), insecure, Access::Push).await?;
         events.note(format!(
             "registry {} answers, {}",
             registry.base_url(),
@@ -124,7 +155,11 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
 
     let plan = Plan {
         image: spec.image.to_string(),
-        engine: format!("{} ({})", engine.endpoint, engine.version),
+        builder: spec.builder,
+        engine: match &engine {
+            Some(engine) => format!("{} ({})", engine.endpoint, engine.version),
+            None => "none (--builder oci)".into(),
+        },
         source: PlanSource {
             action,
             dir: spec.source.dir.clone(),
@@ -143,6 +178,8 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
                 .join("Dockerfile"),
             base_image: spec.base_image.clone(),
             platform,
+            platforms: spec.platforms.iter().map(ToString::to_string).collect(),
+            compression: spec.compression,
         },
         push: registry.as_ref().map(|r| PlanPush {
             registry: r.base_url().to_owned(),
@@ -164,6 +201,49 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         _lock: lock,
         _checkout_lock: checkout_lock,
     })
+}
+
+/// The choices that only one builder can carry out, refused for the other.
+fn check_builder_options(spec: &Spec) -> Result<()> {
+    let base = spec.base_image.as_deref();
+    match base {
+        Some("scratch") | None => {}
+        Some(oci) if oci.starts_with("oci:") => {
+            if spec.builder == Builder::Engine {
+                return Err(Error::BaseImage {
+                    reason: format!(
+                        "`{oci}` is a local OCI layout, which only --builder oci reads; pass --builder oci, or name an image the engine has or can pull"
+                    ),
+                });
+            }
+            crate::oci::Layout::existing(std::path::Path::new(&oci[4..]))?;
+        }
+        Some(image) => {
+            ImageRef::parse(image).map_err(|e| Error::BaseImage {
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    if spec.builder == Builder::Engine {
+        if spec.compression != Compression::Gzip {
+            return Err(Error::Usage(format!(
+                "--compression {} needs --builder oci: the engine always pushes gzip layers",
+                spec.compression
+            )));
+        }
+        if spec.insecure_registry {
+            return Err(Error::Usage(
+                "--insecure-registry is for --builder oci; the engine follows its own insecure-registries setting"
+                    .into(),
+            ));
+        }
+        if spec.platforms.len() > 1 && base.is_some_and(|b| b != "scratch") {
+            return Err(Error::Usage(
+                "--platforms with --builder engine needs a scratch base (the engine keeps one local image per base name); use --builder oci, which reads the base's index per platform".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn make_log(spec: &Spec) -> PathBuf {

@@ -1,6 +1,12 @@
-//! The registry's `/v2/` API, used read-only: does it answer, does it accept our
-//! credentials (Basic or token auth), and which digest does a tag point at.
-//! Pushing goes through the engine.
+//! The registry's `/v2/` API: does it answer, does it accept our credentials
+//! (Basic or token auth), which digest does a tag point at; and (in `blobs`)
+//! the blob and manifest calls the OCI builder pushes and reads base images with.
+//! The engine builder pushes through the engine.
+
+mod blobs;
+
+pub(crate) use blobs::short;
+pub use blobs::{Manifest, media};
 
 use std::time::Duration;
 
@@ -11,7 +17,7 @@ use crate::auth::Credentials;
 use crate::error::{Error, Result};
 use crate::reference::ImageRef;
 
-const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+pub(crate) const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json";
 
@@ -20,6 +26,15 @@ enum Auth {
     Anonymous,
     Basic(String, String),
     Bearer(String),
+}
+
+/// What a connection is for: the token asked for (token auth) is scoped to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Push to the image's repository (and read it).
+    Push,
+    /// Read the image's repository (a base image).
+    Pull,
 }
 
 /// A registry that answered `/v2/` and accepted our credentials.
@@ -43,12 +58,13 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// Reach the image's registry and check the credentials for a push to its repository.
+    /// Reach the image's registry and check the credentials for `access` to its repository.
     /// `insecure` allows plain HTTP after HTTPS fails, as the engine does for insecure registries.
     pub async fn connect(
         image: &ImageRef,
         creds: Option<&Credentials>,
         insecure: bool,
+        access: Access,
     ) -> Result<Self> {
         let host = image.api_host().to_owned();
         let client = reqwest::Client::builder()
@@ -139,7 +155,10 @@ impl Registry {
                 .iter()
                 .find(|(k, _)| k == "service")
                 .map(|(_, v)| v.clone());
-            let scope = format!("repository:{}:pull,push", image.repository);
+            let scope = match access {
+                Access::Push => format!("repository:{}:pull,push", image.repository),
+                Access::Pull => format!("repository:{}:pull", image.repository),
+            };
             let token = registry
                 .token(&realm, service.as_deref(), &scope, creds)
                 .await

@@ -1,0 +1,518 @@
+//! The Dockerfile as the OCI builder reads it: the instructions the kubemark
+//! Dockerfile uses (`ARG`, one `FROM`, `COPY`, `LABEL`, `ENTRYPOINT`, `CMD`,
+//! and `ENV`/`USER`, which only change the config), with the engine's quoting
+//! and `$VAR` rules. Anything else is refused by name and line, before anything
+//! is built: a build that silently skipped a `RUN` would push a broken image.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+
+/// What the build does, read from the Dockerfile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipe {
+    /// The base image as written after substitution: `scratch`, a reference, or `oci:PATH`.
+    pub base: String,
+    /// `FROM --platform=...`, if given.
+    pub platform: Option<String>,
+    pub steps: Vec<Step>,
+}
+
+/// One instruction after `FROM`, its variables substituted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Copy context paths to `dest` in the image (one layer).
+    Copy {
+        sources: Vec<String>,
+        dest: String,
+        chmod: Option<u32>,
+        /// The instruction as written, for the image's history.
+        text: String,
+    },
+    Label(Vec<(String, String)>),
+    Env(Vec<(String, String)>),
+    Entrypoint(Vec<String>),
+    Cmd(Vec<String>),
+    User(String),
+}
+
+/// Instructions this builder carries out, for messages.
+pub const SUPPORTED: &str = "ARG, FROM, COPY, LABEL, ENV, USER, ENTRYPOINT and CMD";
+
+/// Read `text` (a Dockerfile) into a [`Recipe`]; refuse what this builder cannot do.
+pub fn parse(text: &str) -> Result<Recipe> {
+    let refuse = |line: usize, message: String| Error::BuildFailed {
+        message: format!("Dockerfile line {line}: {message}"),
+        step: None,
+    };
+    let mut global_args: BTreeMap<String, String> = BTreeMap::new();
+    let mut from: Option<(String, Option<String>)> = None;
+    // Variables visible after FROM: ARGs declared there, then ENVs.
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    let mut steps = Vec::new();
+    for (number, line) in logical_lines(text).map_err(|(n, m)| refuse(n, m))? {
+        let (keyword, rest) = match line.split_once(char::is_whitespace) {
+            Some((k, r)) => (k, r.trim()),
+            None => (line.as_str(), ""),
+        };
+        let keyword = keyword.to_ascii_uppercase();
+        let at = |message: String| refuse(number, format!("`{keyword}`: {message}"));
+        if from.is_none() && keyword != "ARG" && keyword != "FROM" {
+            return Err(at("only ARG may come before the first FROM".into()));
+        }
+        match keyword.as_str() {
+            "ARG" => {
+                for word in words(rest, &BTreeMap::new(), false).map_err(at)? {
+                    let (name, default) = match word.split_once('=') {
+                        Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
+                        None => (word.clone(), None),
+                    };
+                    if from.is_none() {
+                        global_args.insert(name, default.unwrap_or_default());
+                    } else {
+                        // Redeclared after FROM: the global default comes back in scope.
+                        let value = default
+                            .or_else(|| global_args.get(&name).cloned())
+                            .unwrap_or_default();
+                        vars.entry(name).or_insert(value);
+                    }
+                }
+            }
+            "FROM" => {
+                if from.is_some() {
+                    return Err(at(
+                        "multi-stage builds are not supported by --builder oci; use --builder engine"
+                            .into(),
+                    ));
+                }
+                let words = words(rest, &global_args, true).map_err(at)?;
+                let mut platform = None;
+                let mut image = None;
+                let mut iter = words.into_iter();
+                while let Some(word) = iter.next() {
+                    if let Some(value) = word.strip_prefix("--platform=") {
+                        platform = Some(value.to_owned());
+                    } else if word.starts_with("--") {
+                        return Err(at(format!("the flag `{word}` is not supported")));
+                    } else if image.is_none() {
+                        image = Some(word);
+                    } else if word.eq_ignore_ascii_case("as") {
+                        iter.next();
+                    } else {
+                        return Err(at(format!("unexpected `{word}`")));
+                    }
+                }
+                let image = image
+                    .filter(|i| !i.is_empty())
+                    .ok_or_else(|| at("names no image (is a build argument empty?)".into()))?;
+                from = Some((image, platform));
+            }
+            "ADD" => {
+                return Err(at(
+                    "ADD is not supported by --builder oci (it fetches URLs and unpacks archives); use COPY"
+                        .into(),
+                ));
+            }
+            "COPY" => {
+                // Flags first (`--chmod=...`), then the JSON or the shell form.
+                let mut flags = Vec::new();
+                let mut rest = rest;
+                while rest.starts_with("--") {
+                    let (flag, after) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                    flags.push(substitute(flag, &vars).map_err(at)?);
+                    rest = after.trim_start();
+                }
+                let args = if rest.starts_with('[') {
+                    json_array(rest)
+                        .map_err(at)?
+                        .into_iter()
+                        .map(|w| substitute(&w, &vars))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(at)?
+                } else {
+                    if rest.contains("<<") {
+                        return Err(at("here-documents are not supported".into()));
+                    }
+                    words(rest, &vars, true).map_err(at)?
+                };
+                let mut args = args;
+                let mut chmod = None;
+                for flag in flags {
+                    if let Some(mode) = flag.strip_prefix("--chmod=") {
+                        chmod = Some(
+                            u32::from_str_radix(mode, 8)
+                                .map_err(|_| at(format!("--chmod={mode} is not an octal mode")))?,
+                        );
+                    } else if flag == "--link" || flag == "--link=true" {
+                        // Same layer contents either way.
+                    } else if flag == "--chown=0:0"
+                        || flag == "--chown=root:root"
+                        || flag == "--chown=root"
+                        || flag == "--chown=0"
+                    {
+                        // Files are owned by root in any case.
+                    } else {
+                        return Err(at(format!(
+                            "the flag `{flag}` is not supported by --builder oci"
+                        )));
+                    }
+                }
+                if args.len() < 2 {
+                    return Err(at("needs at least one source and a destination".into()));
+                }
+                let dest = args.pop().unwrap_or_default();
+                if args.len() > 1 && !dest.ends_with('/') {
+                    return Err(at(format!(
+                        "with several sources the destination must end with `/`, not `{dest}`"
+                    )));
+                }
+                steps.push(Step::Copy {
+                    sources: args,
+                    dest,
+                    chmod,
+                    text: line.clone(),
+                });
+            }
+            "LABEL" => steps.push(Step::Label(pairs(rest, &vars).map_err(at)?)),
+            "ENV" => {
+                let pairs = pairs(rest, &vars).map_err(at)?;
+                for (k, v) in &pairs {
+                    vars.insert(k.clone(), v.clone());
+                }
+                steps.push(Step::Env(pairs));
+            }
+            "USER" => steps.push(Step::User(substitute(rest, &vars).map_err(at)?)),
+            "ENTRYPOINT" => steps.push(Step::Entrypoint(command(rest).map_err(at)?)),
+            "CMD" => steps.push(Step::Cmd(command(rest).map_err(at)?)),
+            other => {
+                return Err(at(format!(
+                    "`{other}` is not supported by --builder oci (it carries out {SUPPORTED}); use --builder engine"
+                )));
+            }
+        }
+    }
+    let (base, platform) = from.ok_or_else(|| refuse(0, "the Dockerfile has no FROM".into()))?;
+    Ok(Recipe {
+        base,
+        platform,
+        steps,
+    })
+}
+
+/// The instructions, continuation lines joined and comments dropped, with their first line's number.
+fn logical_lines(text: &str) -> std::result::Result<Vec<(usize, String)>, (usize, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    let mut directives = true;
+    for (i, raw) in text.lines().enumerate() {
+        let number = i + 1;
+        let trimmed = raw.trim();
+        if directives
+            && let Some(directive) = trimmed.strip_prefix('#')
+            && let Some((key, value)) = directive.split_once('=')
+        {
+            let key = key.trim().to_ascii_lowercase();
+            if key == "escape" && value.trim() != "\\" {
+                return Err((
+                    number,
+                    "the parser directive `escape` must be `\\` for --builder oci".into(),
+                ));
+            }
+            if key == "escape" || key == "syntax" || key == "check" {
+                continue;
+            }
+        }
+        directives = false;
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_none()) {
+            continue;
+        }
+        let (body, continues) = match trimmed.strip_suffix('\\') {
+            Some(body) => (body, true),
+            None => (trimmed, false),
+        };
+        match &mut current {
+            Some((_, text)) => {
+                if !text.is_empty() && !body.is_empty() {
+                    text.push(' ');
+                }
+                text.push_str(body.trim());
+            }
+            None => current = Some((number, body.trim().to_owned())),
+        }
+        if !continues && let Some(done) = current.take() {
+            out.push(done);
+        }
+    }
+    if let Some(done) = current.take() {
+        out.push(done);
+    }
+    Ok(out)
+}
+
+/// `ENTRYPOINT ["a","b"]` or the shell form, which runs under `/bin/sh -c`.
+fn command(rest: &str) -> Result<Vec<String>, String> {
+    if rest.starts_with('[')
+        && let Ok(words) = json_array(rest)
+    {
+        return Ok(words);
+    }
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec!["/bin/sh".into(), "-c".into(), rest.to_owned()])
+}
+
+fn json_array(rest: &str) -> Result<Vec<String>, String> {
+    serde_json::from_str::<Vec<String>>(rest)
+        .map_err(|e| format!("`{rest}` is not a JSON array of strings: {e}"))
+}
+
+/// `k=v k2="v 2"`, or the legacy `key value` form.
+fn pairs(rest: &str, vars: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, String> {
+    let words = words(rest, vars, true)?;
+    let first_has_equals = words.first().is_some_and(|w| w.contains('='));
+    if !first_has_equals {
+        // Legacy: the first word is the key, the rest of the line its value.
+        let (key, value) = rest
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("`{rest}` has no value"))?;
+        let key = words.first().cloned().unwrap_or_else(|| key.to_owned());
+        return Ok(vec![(key, substitute(value.trim(), vars)?)]);
+    }
+    words
+        .into_iter()
+        .map(|w| {
+            w.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("`{w}` is not key=value"))
+        })
+        .filter(|p| !matches!(p, Ok((k, _)) if k.is_empty()))
+        .collect()
+}
+
+/// Substitute variables and remove quotes in one word (no splitting).
+fn substitute(word: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = lex(word, vars, false)?;
+    Ok(out.pop().unwrap_or_default())
+}
+
+/// Split `rest` into words at unquoted whitespace, quotes removed, `$VAR` substituted
+/// when `expand` (the engine's shell-word rules).
+fn words(rest: &str, vars: &BTreeMap<String, String>, expand: bool) -> Result<Vec<String>, String> {
+    if expand {
+        lex(rest, vars, true)
+    } else {
+        lex(rest, &BTreeMap::new(), true)
+    }
+}
+
+fn lex(input: &str, vars: &BTreeMap<String, String>, split: bool) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = input.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() && split => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\\' => {
+                in_word = true;
+                if let Some(next) = chars.next() {
+                    word.push(next);
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err(format!("unterminated ' in `{input}`")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.peek() {
+                            Some(&n @ ('"' | '\\' | '$')) => {
+                                chars.next();
+                                word.push(n);
+                            }
+                            _ => word.push('\\'),
+                        },
+                        Some('$') => word.push_str(&variable(&mut chars, vars)?),
+                        Some(c) => word.push(c),
+                        None => return Err(format!("unterminated \" in `{input}`")),
+                    }
+                }
+            }
+            '$' => {
+                in_word = true;
+                word.push_str(&variable(&mut chars, vars)?);
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word || !split {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+/// After a `$`: `NAME`, `{NAME}`, `{NAME:-default}`, `{NAME:+alternative}`.
+fn variable(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    vars: &BTreeMap<String, String>,
+) -> Result<String, String> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    if chars.peek() == Some(&'{') {
+        chars.next();
+        let mut inner = String::new();
+        loop {
+            match chars.next() {
+                Some('}') => break,
+                Some(c) => inner.push(c),
+                None => return Err("unterminated ${".into()),
+            }
+        }
+        let (name, modifier) = match inner.find(|c: char| !is_name(c)) {
+            Some(i) => (&inner[..i], Some(&inner[i..])),
+            None => (inner.as_str(), None),
+        };
+        let value = vars.get(name).filter(|v| !v.is_empty());
+        return match modifier {
+            None => Ok(vars.get(name).cloned().unwrap_or_default()),
+            Some(m) if m.starts_with(":-") => {
+                Ok(value.cloned().unwrap_or_else(|| m[2..].to_owned()))
+            }
+            Some(m) if m.starts_with(":+") => {
+                Ok(value.map(|_| m[2..].to_owned()).unwrap_or_default())
+            }
+            Some(m) => Err(format!(
+                "the substitution `${{{name}{m}}}` is not supported"
+            )),
+        };
+    }
+    let mut name = String::new();
+    while let Some(&c) = chars.peek() {
+        if !is_name(c) {
+            break;
+        }
+        name.push(c);
+        chars.next();
+    }
+    if name.is_empty() {
+        return Ok("$".into());
+    }
+    Ok(vars.get(&name).cloned().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_kubemark_dockerfile_and_the_engine_paths_label_line() {
+        let text = "# Copyright\n\nFROM registry.k8s.io/build-image/go-runner:v2.3.1\n\nCOPY kubemark /kubemark\nLABEL \"a.b\"=\"plain\" \\\n      \"c\"=\"q\\\"uote \\$HOME \\\\\"\n";
+        let recipe = parse(text).unwrap();
+        assert_eq!(recipe.base, "registry.k8s.io/build-image/go-runner:v2.3.1");
+        assert_eq!(
+            recipe.steps,
+            vec![
+                Step::Copy {
+                    sources: vec!["kubemark".into()],
+                    dest: "/kubemark".into(),
+                    chmod: None,
+                    text: "COPY kubemark /kubemark".into()
+                },
+                Step::Label(vec![
+                    ("a.b".into(), "plain".into()),
+                    ("c".into(), "q\"uote $HOME \\".into())
+                ]),
+            ]
+        );
+    }
+
+    #[test]
+    fn args_before_from_and_variables_after_it() {
+        let text = "ARG BASE=scratch\nARG TAG\nFROM ${BASE} AS final\nARG BASE\nENV DIR=/opt/k HOME=\"/root dir\"\nCOPY --chmod=0755 [\"kubemark\", \"$DIR/\"]\nLABEL from=$BASE empty=${TAG:-none}\nLABEL old style value\nENTRYPOINT [\"/kubemark\"]\nCMD --morph=kubelet\nUSER 65532\n";
+        let recipe = parse(text).unwrap();
+        assert_eq!(recipe.base, "scratch");
+        assert_eq!(
+            recipe.steps,
+            vec![
+                Step::Env(vec![
+                    ("DIR".into(), "/opt/k".into()),
+                    ("HOME".into(), "/root dir".into())
+                ]),
+                Step::Copy {
+                    sources: vec!["kubemark".into()],
+                    dest: "/opt/k/".into(),
+                    chmod: Some(0o755),
+                    text: "COPY --chmod=0755 [\"kubemark\", \"$DIR/\"]".into()
+                },
+                Step::Label(vec![
+                    ("from".into(), "scratch".into()),
+                    ("empty".into(), "none".into())
+                ]),
+                Step::Label(vec![("old".into(), "style value".into())]),
+                Step::Entrypoint(vec!["/kubemark".into()]),
+                Step::Cmd(vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "--morph=kubelet".into()
+                ]),
+                Step::User("65532".into()),
+            ]
+        );
+        let platform = parse("FROM --platform=linux/arm64 scratch\n").unwrap();
+        assert_eq!(platform.platform.as_deref(), Some("linux/arm64"));
+    }
+
+    #[test]
+    fn what_it_cannot_do_is_refused_by_name_and_line() {
+        for (text, expected) in [
+            (
+                "FROM scratch\nRUN make\n",
+                "line 2: `RUN`: `RUN` is not supported",
+            ),
+            ("FROM a\nFROM b\n", "line 2: `FROM`: multi-stage builds"),
+            ("COPY a /a\n", "line 1: `COPY`: only ARG may come before"),
+            ("FROM scratch\nADD x.tgz /\n", "`ADD`: ADD is not supported"),
+            (
+                "FROM scratch\nCOPY --from=build /a /a\n",
+                "`--from=build` is not supported",
+            ),
+            ("FROM scratch\nCOPY a b /c\n", "must end with `/`"),
+            ("FROM scratch\nCOPY <<EOF /a\n", "here-documents"),
+            ("ARG B\nFROM $B\n", "names no image"),
+            (
+                "# escape=`\nFROM scratch\n",
+                "line 1: the parser directive `escape`",
+            ),
+            ("", "has no FROM"),
+            ("FROM scratch\nWORKDIR /x\n", "`WORKDIR` is not supported"),
+            (
+                "FROM scratch\nLABEL a=b stray\n",
+                "`stray` is not key=value",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(expected), "{text:?}: {e}");
+        }
+    }
+}

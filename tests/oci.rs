@@ -1,0 +1,243 @@
+//! `cargo xtask image --builder oci` against real parts: `docker-registry` on
+//! loopback, `git daemon` serving a fixture repository, and the Docker engine
+//! only as the independent judge (pull, export, run under runc) and to build the
+//! same image the engine's way for comparison. The OCI builder itself runs with
+//! DOCKER_HOST pointing at nothing.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use support::{Args, Env, Fixture, GitDaemon, Registry, docker, sha256_hex};
+
+struct Upstream {
+    fixture: Fixture,
+    daemon: GitDaemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Fixture::create(dir.path(), "kubernetes").unwrap();
+        let daemon = GitDaemon::start(dir.path()).unwrap();
+        Self {
+            fixture,
+            daemon,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        self.daemon.url("kubernetes")
+    }
+}
+
+/// An environment in which no Docker engine answers.
+fn without_engine() -> Env {
+    let mut env = Env::new();
+    env.set("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    env
+}
+
+#[test]
+fn the_oci_builder_needs_no_engine_and_makes_the_image_the_engine_makes() {
+    let registry = Registry::start();
+    let upstream = Upstream::new();
+    // A base with a layer of its own, in another repository of the same registry.
+    let base = format!("{}/base/busybox:1", registry.addr);
+    docker::push_as(docker::busybox_base(), &base);
+    let engine_image = format!("{}/kubemark:engine", registry.addr);
+    let oci_image = format!("{}/kubemark:oci", registry.addr);
+    let _cleanup = docker::Cleanup(vec![base.clone(), engine_image.clone(), oci_image.clone()]);
+
+    let env = without_engine();
+    let args = Args::image(&registry.addr, "oci", upstream.url(), &env.path("k"))
+        .opt("--base-image", &base)
+        .opt("--builder", "oci");
+    let run = env.xtask(&args);
+    run.assert_code(0)
+        .stdout_has(&[&format!("pushed {oci_image}@sha256:")])
+        .stderr_has(&[
+            "building in this process (--builder oci)",
+            ": COPY kubemark /kubemark",
+            // The base's layer went registry-side, not through this process.
+            "Mounted from base/busybox",
+        ]);
+    // The same with the engine (after: the base's layer is then in kubemark's repository too).
+    let engine_env = Env::new();
+    engine_env
+        .xtask(
+            &Args::image(
+                &registry.addr,
+                "engine",
+                upstream.url(),
+                &engine_env.path("k"),
+            )
+            .opt("--base-image", &base),
+        )
+        .assert_code(0);
+
+    let digest = registry.digest("kubemark", "oci").unwrap();
+    let record = env.record();
+    assert_eq!(record["digest"], digest.as_str());
+    assert_eq!(record["builder"], "oci");
+    assert_eq!(record["platforms"][0]["platform"], "linux/amd64");
+
+    // Both pull; their filesystems, labels and command are the same.
+    docker::rmi(&engine_image);
+    docker::rmi(&oci_image);
+    docker::pull(&engine_image);
+    docker::pull(&oci_image);
+    assert_eq!(
+        docker::filesystem(&oci_image),
+        docker::filesystem(&engine_image)
+    );
+    assert_eq!(docker::labels(&oci_image), docker::labels(&engine_image));
+    for field in [
+        ".Config.Entrypoint",
+        ".Config.Cmd",
+        ".Config.Env",
+        ".Os",
+        ".Architecture",
+    ] {
+        assert_eq!(
+            docker::inspect(&oci_image, field),
+            docker::inspect(&engine_image, field),
+            "{field}"
+        );
+    }
+    // And run under runc: busybox from the base hashes the binary the layer holds.
+    let binary = std::fs::read(env.path("k/_output/bin/kubemark")).unwrap();
+    let out = docker::run(&oci_image, Some("/bin/sha256sum"), &["/kubemark"]);
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(sha256_hex(&binary).as_str())
+    );
+    assert_eq!(docker::run(&oci_image, None, &[]), "kubemark fixture 1");
+
+    // Reproducible: built again from the same inputs, the same digest; nothing re-sent.
+    env.xtask(&args.with(&["--force"]))
+        .assert_code(0)
+        .stderr_has(&["Layer already exists"])
+        .stderr_lacks(&["Pushing"]);
+    assert_eq!(registry.digest("kubemark", "oci").unwrap(), digest);
+}
+
+#[test]
+fn layers_can_be_left_uncompressed_or_zstd_and_a_base_read_from_an_oci_layout() {
+    let registry = Registry::start();
+    let upstream = Upstream::new();
+    let env = without_engine();
+
+    // An image built and not pushed lands in the state directory's OCI layout.
+    let base_env = without_engine();
+    base_env
+        .xtask(
+            &Args::image(
+                "kubemark-test.local",
+                "base",
+                upstream.url(),
+                &base_env.path("k"),
+            )
+            .opt("--builder", "oci")
+            .flags(&["--no-push"]),
+        )
+        .assert_code(0)
+        .stdout_has(&["built kubemark-test.local/kubemark:base"]);
+    let layout = base_env.state().join("oci");
+    assert!(layout.join("index.json").is_file());
+
+    // That layout as the base, layers not compressed: its layer is uploaded from it.
+    let image = format!("{}/kubemark:plain", registry.addr);
+    let _cleanup = docker::Cleanup(vec![image.clone()]);
+    env.xtask(
+        &Args::image(&registry.addr, "plain", upstream.url(), &env.path("k"))
+            .opt("--builder", "oci")
+            .opt("--compression", "none")
+            .opt("--base-image", format!("oci:{}", layout.display())),
+    )
+    .assert_code(0);
+    let manifest = registry.manifest("kubemark", "plain").unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "the base's layer and ours: {manifest}");
+    assert_eq!(
+        layers[1]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    docker::pull(&image);
+    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 1");
+
+    // zstd: the manifest says so, and the blob is a zstd frame.
+    env.xtask(
+        &Args::image(&registry.addr, "zstd", upstream.url(), &env.path("k"))
+            .opt("--builder", "oci")
+            .opt("--compression", "zstd"),
+    )
+    .assert_code(0);
+    let manifest = registry.manifest("kubemark", "zstd").unwrap();
+    let layer = &manifest["layers"][0];
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    );
+    let blob = support::sh(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "curl -sSf http://{}/v2/kubemark/blobs/{} | head -c 4 | od -An -tx1",
+                registry.addr,
+                layer["digest"].as_str().unwrap()
+            ),
+        ],
+        None,
+    );
+    assert_eq!(blob.trim(), "28 b5 2f fd", "the zstd magic number");
+}
+
+#[test]
+fn what_the_oci_builder_cannot_do_is_refused_naming_it_and_nothing_is_pushed() {
+    let registry = Registry::start();
+    let upstream = Upstream::new();
+    upstream
+        .fixture
+        .write(
+            "cluster/images/kubemark/Dockerfile",
+            "FROM scratch\nCOPY kubemark /kubemark\nRUN [\"/kubemark\", \"--version\"]\n",
+        )
+        .unwrap();
+    upstream.fixture.commit("a RUN step").unwrap();
+    let env = without_engine();
+    let args =
+        Args::image(&registry.addr, "v1", upstream.url(), &env.path("k")).opt("--builder", "oci");
+    env.xtask(&args).assert_code(1).stderr_has(&[
+        "Dockerfile line 3: `RUN`: `RUN` is not supported by --builder oci",
+        "--builder engine",
+    ]);
+    assert_eq!(registry.digest("kubemark", "v1"), None);
+    assert!(!env.has_record());
+    // The second time the checkout is there: refused by the preflight, before make.
+    env.xtask(&args)
+        .assert_code(1)
+        .stderr_has(&["`RUN` is not supported"])
+        .stderr_lacks(&["==> make"]);
+
+    // Choices only the other builder makes are refused up front.
+    let engine_env = Env::new();
+    engine_env
+        .xtask(
+            &Args::image(&registry.addr, "v1", upstream.url(), &engine_env.path("k"))
+                .opt("--compression", "zstd"),
+        )
+        .assert_code(2)
+        .stderr_has(&["--compression zstd needs --builder oci"]);
+    engine_env
+        .xtask(
+            &Args::image(&registry.addr, "v1", upstream.url(), &engine_env.path("k"))
+                .opt("--base-image", "oci:/tmp"),
+        )
+        .assert_code(2)
+        .stderr_has(&["only --builder oci reads"]);
+    assert!(!engine_env.path("k").exists(), "nothing was cloned");
+}
