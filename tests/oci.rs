@@ -241,3 +241,107 @@ fn what_the_oci_builder_cannot_do_is_refused_naming_it_and_nothing_is_pushed() {
         .stderr_has(&["only --builder oci reads"]);
     assert!(!engine_env.path("k").exists(), "nothing was cloned");
 }
+
+/// The Go build cache of whoever runs the tests (the xtask runs with a HOME of its own).
+fn go_cache() -> String {
+    support::sh("go", &["env", "GOCACHE"], None)
+}
+
+/// The ELF machine of a binary: 0x3e x86-64, 0xb7 aarch64.
+fn elf_machine(binary: &[u8]) -> u16 {
+    assert_eq!(&binary[..4], b"\x7fELF");
+    u16::from_le_bytes([binary[18], binary[19]])
+}
+
+#[test]
+fn several_platforms_are_pushed_under_one_index_by_either_builder() {
+    let registry = Registry::start();
+    let upstream = Upstream::new();
+    for (builder, tag) in [("oci", "multi-oci"), ("engine", "multi-engine")] {
+        let mut env = if builder == "oci" {
+            without_engine()
+        } else {
+            Env::new()
+        };
+        env.set("GOCACHE", &go_cache());
+        let image = format!("{}/kubemark:{tag}", registry.addr);
+        let mut cleanup = vec![image.clone()];
+        if builder == "engine" {
+            cleanup.extend(["linux-amd64", "linux-arm64"].map(|p| format!("{image}-{p}")));
+        }
+        let _cleanup = docker::Cleanup(cleanup);
+        env.xtask(
+            &Args::image(&registry.addr, tag, upstream.url(), &env.path("k"))
+                .opt("--builder", builder)
+                .opt("--platforms", "linux/amd64,linux/arm64"),
+        )
+        .assert_code(0)
+        .stderr_has(&[
+            "KUBE_BUILD_PLATFORMS=linux/amd64",
+            "KUBE_BUILD_PLATFORMS=linux/arm64",
+        ])
+        .stdout_has(&["linux/amd64 sha256:", "linux/arm64 sha256:"]);
+
+        // The tag names an index of both platforms; the record has its digest and each one's.
+        let index = registry.manifest("kubemark", tag).unwrap();
+        let record = env.record();
+        assert_eq!(
+            record["digest"],
+            registry.digest("kubemark", tag).unwrap().as_str()
+        );
+        let entries = index["manifests"].as_array().unwrap();
+        let platforms: Vec<String> = entries
+            .iter()
+            .map(|m| {
+                format!(
+                    "{}/{}",
+                    m["platform"]["os"].as_str().unwrap(),
+                    m["platform"]["architecture"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            platforms,
+            ["linux/amd64", "linux/arm64"],
+            "{builder}: {index}"
+        );
+        for (entry, recorded) in entries.iter().zip(record["platforms"].as_array().unwrap()) {
+            assert_eq!(entry["digest"], recorded["digest"], "{builder}");
+        }
+
+        // Each platform pulls with its own binary; the host's runs.
+        docker::rmi(&image);
+        sh_ok(&["pull", "--quiet", "--platform", "linux/arm64", &image]);
+        assert_eq!(
+            docker::inspect(&image, ".Architecture"),
+            "arm64",
+            "{builder}"
+        );
+        assert_eq!(
+            elf_machine(&docker::read_file(&image, "/kubemark")),
+            0xb7,
+            "{builder}"
+        );
+        docker::rmi(&image);
+        sh_ok(&["pull", "--quiet", "--platform", "linux/amd64", &image]);
+        assert_eq!(
+            docker::inspect(&image, ".Architecture"),
+            "amd64",
+            "{builder}"
+        );
+        assert_eq!(
+            elf_machine(&docker::read_file(&image, "/kubemark")),
+            0x3e,
+            "{builder}"
+        );
+        assert_eq!(
+            docker::run(&image, None, &[]),
+            "kubemark fixture 1",
+            "{builder}"
+        );
+    }
+}
+
+fn sh_ok(args: &[&str]) {
+    support::sh("docker", args, None);
+}

@@ -61,7 +61,8 @@ pub fn requested_platform() -> Result<Option<String>> {
         [] => Ok(None),
         [one] if one.split('/').count() == 2 => Ok(Some((*one).to_owned())),
         _ => Err(Error::Usage(format!(
-            "KUBE_BUILD_PLATFORMS=`{value}`: the image holds one binary, so name exactly one platform such as linux/amd64"
+            "KUBE_BUILD_PLATFORMS=`{value}`: an image holds one binary, so name exactly one platform such as linux/amd64, or pass --platforms {} to build one image each under one index",
+            platforms.join(",")
         ))),
     }
 }

@@ -11,12 +11,20 @@ all:
 ifneq ($(WHAT),cmd/kubemark)
 	$(error this fixture builds only WHAT=cmd/kubemark, not "$(WHAT)")
 endif
+ifdef KUBE_BUILD_PLATFORMS
+	@echo "+++ [fixture] Building go targets for $(KUBE_BUILD_PLATFORMS): cmd/kubemark"
+	@mkdir -p _output/local/bin/$(KUBE_BUILD_PLATFORMS)
+	cd cmd/kubemark/go && CGO_ENABLED=0 GOOS=$(word 1,$(subst /, ,$(KUBE_BUILD_PLATFORMS))) \
+		GOARCH=$(word 2,$(subst /, ,$(KUBE_BUILD_PLATFORMS))) \
+		go build -trimpath -o $(CURDIR)/_output/local/bin/$(KUBE_BUILD_PLATFORMS)/kubemark .
+else
 	@echo "+++ [fixture] Building go targets for linux/amd64: cmd/kubemark"
 	@mkdir -p _output/bin
 ifdef KUBEMARK_FIXTURE_BINARY
 	cp $(KUBEMARK_FIXTURE_BINARY) _output/bin/kubemark
 else
 	gcc -static -Os -o _output/bin/kubemark cmd/kubemark/main.c
+endif
 endif
 "#;
 
@@ -85,8 +93,20 @@ impl Fixture {
         std::fs::write(path, content)
     }
 
-    /// Make the binary print `kubemark fixture <version>`.
+    /// Make the binary print `kubemark fixture <version>`: in C for the host (gcc,
+    /// static), and in Go for the platforms `KUBE_BUILD_PLATFORMS` names (cross-compiled,
+    /// as kubernetes' build does).
     pub fn set_version(&self, version: &str) -> io::Result<()> {
+        self.write(
+            "cmd/kubemark/go/go.mod",
+            "module example.com/kubemark-fixture\n\ngo 1.22\n",
+        )?;
+        self.write(
+            "cmd/kubemark/go/main.go",
+            &format!(
+                "package main\n\nimport \"fmt\"\n\nfunc main() {{ fmt.Println(\"kubemark fixture {version}\") }}\n"
+            ),
+        )?;
         self.write(
             "cmd/kubemark/main.c",
             &format!(

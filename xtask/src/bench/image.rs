@@ -1,9 +1,9 @@
 //! `cargo xtask bench image`: measures the image pipeline against its
 //! baselines, side by side in one run, and prints figures and ratios:
 //! a no-op run vs a full run; git2's shallow clone vs `git clone --depth 1
-//! --single-branch` of a large repository; build + push of a large binary vs
-//! `docker build` + `docker push`, with the xtask process's peak RSS.
-//! Runs alternate between the two sides; medians are reported.
+//! --single-branch` of a large repository; and (in `builders`) build + push and
+//! the whole pipeline with either builder against the docker CLI.
+//! Runs alternate between the sides; medians are reported.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use kubemark_image::source::{self, Local, SourceSpec};
 use kubemark_image::{CancellationToken, Events};
-use kubemark_testbed::{Fixture, GitDaemon, Registry, XorShift};
+use kubemark_testbed::{Fixture, GitDaemon, Registry};
 
 use super::{failed, median, verdict};
 use crate::Global;
@@ -21,29 +21,32 @@ use crate::report::Failure;
 pub enum Part {
     Noop,
     Clone,
+    /// Build + push alone: oci, engine, the docker CLI.
     Push,
+    /// The whole pipeline over git://: oci, engine, the guide's CLI steps.
+    Pipeline,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ImageBench {
     /// Runs of each side of each measurement; medians are reported.
     #[arg(long, default_value_t = 3)]
-    runs: usize,
+    pub(super) runs: usize,
     /// Only these measurements (repeatable) [default: all].
     #[arg(long, value_enum)]
-    only: Vec<Part>,
+    pub(super) only: Vec<Part>,
     /// Files in the large repository for the clone measurement.
     #[arg(long, default_value_t = 20_000)]
-    files: usize,
+    pub(super) files: usize,
     /// Bytes per file (incompressible) in the large repository.
     #[arg(long, default_value_t = 5_500)]
-    file_bytes: usize,
+    pub(super) file_bytes: usize,
     /// Size of the binary built and pushed, in MiB.
     #[arg(long, default_value_t = 100)]
-    binary_mib: usize,
+    pub(super) binary_mib: usize,
     /// Working directory (the large repository is kept there between runs).
     #[arg(long, value_name = "DIR")]
-    work_dir: Option<PathBuf>,
+    pub(super) work_dir: Option<PathBuf>,
 }
 
 pub fn run(bench: ImageBench, global: &Global) -> Result<(), Failure> {
@@ -69,14 +72,25 @@ pub fn run(bench: ImageBench, global: &Global) -> Result<(), Failure> {
         lines.push(clone(&bench, &work.join("clone"))?);
     }
     if wants(Part::Push) {
-        lines.extend(push(&bench, &work.join("push"), &registry)?);
+        lines.extend(super::builders::build_push(
+            &bench,
+            &work.join("push"),
+            &registry,
+        )?);
+    }
+    if wants(Part::Pipeline) {
+        lines.extend(super::builders::pipeline(
+            &bench,
+            &work.join("clone"),
+            &registry,
+        )?);
     }
     println!("{}", lines.join("\n"));
     Ok(())
 }
 
 /// Run the xtask binary itself; return wall seconds, peak RSS in KiB (GNU time), stderr.
-fn xtask(args: &[&str], env: &[(&str, &str)]) -> Result<(f64, u64, String), Failure> {
+pub(super) fn xtask(args: &[&str], env: &[(&str, &str)]) -> Result<(f64, u64, String), Failure> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new("/usr/bin/time");
     command
@@ -108,7 +122,7 @@ fn xtask(args: &[&str], env: &[(&str, &str)]) -> Result<(f64, u64, String), Fail
     Ok((wall, rss, stderr))
 }
 
-fn timed(program: &str, args: &[&str], dir: Option<&Path>) -> Result<f64, Failure> {
+pub(super) fn timed(program: &str, args: &[&str], dir: Option<&Path>) -> Result<f64, Failure> {
     let mut command = Command::new(program);
     command
         .args(args)
@@ -172,8 +186,9 @@ fn noop_vs_full(bench: &ImageBench, work: &Path, registry: &Registry) -> Result<
     ))
 }
 
-fn clone(bench: &ImageBench, work: &Path) -> Result<String, Failure> {
-    eprintln!("==> bench: git2 shallow clone vs git clone --depth 1 --single-branch");
+/// The large fixture repository (generated once, kept in `work/repos`) served by
+/// git daemon, and its URL; waits for the disk to settle after a previous removal.
+pub(super) fn large_repo(bench: &ImageBench, work: &Path) -> Result<(GitDaemon, String), Failure> {
     let repos = work.join("repos");
     let marker = repos.join(format!(
         "kubernetes-{}x{}.ready",
@@ -199,6 +214,12 @@ fn clone(bench: &ImageBench, work: &Path) -> Result<String, Failure> {
     let daemon = GitDaemon::start(&repos).map_err(failed("starting git daemon"))?;
     let url = daemon.url(&name);
     settle_disk(work)?;
+    Ok((daemon, url))
+}
+
+fn clone(bench: &ImageBench, work: &Path) -> Result<String, Failure> {
+    eprintln!("==> bench: git2 shallow clone vs git clone --depth 1 --single-branch");
+    let (_daemon, url) = large_repo(bench, work)?;
     let out = work.join(format!("out-{}", std::process::id()));
     std::fs::create_dir_all(&out)?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -292,7 +313,7 @@ fn settle_disk(work: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -313,7 +334,7 @@ fn count_files(dir: &Path) -> usize {
 }
 
 /// `image done: ... in 1.2s` → 1.2.
-fn stage_seconds(stderr: &str, stage: &str) -> f64 {
+pub(super) fn stage_seconds(stderr: &str, stage: &str) -> f64 {
     stderr
         .lines()
         .filter(|l| l.trim_start().starts_with(&format!("{stage} done:")))
@@ -327,140 +348,4 @@ fn stage_seconds(stderr: &str, stage: &str) -> f64 {
         })
         .next_back()
         .unwrap_or(f64::NAN)
-}
-
-fn push(bench: &ImageBench, work: &Path, registry: &Registry) -> Result<Vec<String>, Failure> {
-    eprintln!(
-        "==> bench: build + push of a {} MiB binary vs docker build + docker push",
-        bench.binary_mib
-    );
-    let _ = std::fs::remove_dir_all(work);
-    std::fs::create_dir_all(work)?;
-    let fixture = Fixture::create(work, "kubernetes").map_err(failed("creating the fixture"))?;
-    let src = work.join("src");
-    kubemark_testbed::run(
-        "git",
-        &[
-            "clone",
-            "--quiet",
-            fixture.dir.to_str().unwrap_or_default(),
-            src.to_str().unwrap_or_default(),
-        ],
-        None,
-    )
-    .map_err(failed("cloning the fixture"))?;
-    let dockerfile = std::fs::read_to_string(src.join("cluster/images/kubemark/Dockerfile"))?;
-    let state = work.join("state");
-    // A new seed each invocation: neither side may find its layers cached.
-    let mut rng = XorShift(unix_now() ^ 0x7075_7368);
-    let mut binary = vec![0u8; bench.binary_mib << 20];
-    let (mut ours, mut stages, mut rss, mut theirs) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut our_build, mut our_push, mut cli_build, mut cli_push) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut upstream_cli = Vec::new();
-    let mut images = Vec::new();
-    for i in 0..bench.runs {
-        let xtask_first = i % 2 == 0;
-        for side in 0..2 {
-            rng.fill(&mut binary);
-            if (side == 0) == xtask_first {
-                let bin = work.join(format!("bin-{i}"));
-                std::fs::write(&bin, &binary)?;
-                let tag = format!("xtask-{i}");
-                let (wall, kib, stderr) = xtask(
-                    &[
-                        "image",
-                        "--no-update",
-                        "--tag",
-                        &tag,
-                        "--registry",
-                        &registry.addr,
-                        "--source-dir",
-                        src.to_str().unwrap_or_default(),
-                        "--state-dir",
-                        state.to_str().unwrap_or_default(),
-                    ],
-                    &[("KUBEMARK_FIXTURE_BINARY", bin.to_str().unwrap_or_default())],
-                )?;
-                ours.push(wall);
-                let (build, pushed) = (
-                    stage_seconds(&stderr, "image"),
-                    stage_seconds(&stderr, "push"),
-                );
-                stages.push(build + pushed);
-                our_build.push(build);
-                our_push.push(pushed);
-                rss.push(kib as f64 / 1024.0);
-                images.push(format!("{}/kubemark:{tag}", registry.addr));
-                let _ = std::fs::remove_file(bin);
-            } else {
-                // The CLI builds the same context: our Dockerfile as sent (with its LABEL
-                // line, from the last xtask run), and, for reference, the upstream one.
-                let sent = std::fs::read_to_string(state.join("Dockerfile.sent"))
-                    .unwrap_or_else(|_| dockerfile.clone());
-                let ctx = work.join(format!("ctx-{i}"));
-                std::fs::create_dir_all(&ctx)?;
-                for (variant, text) in [("same", &sent), ("upstream", &dockerfile)] {
-                    // New bytes for every build: no side may find its layer cached.
-                    rng.fill(&mut binary);
-                    std::fs::write(ctx.join("kubemark"), &binary)?;
-                    std::fs::write(ctx.join("Dockerfile"), text)?;
-                    let image = format!("{}/kubemark:cli-{variant}-{i}", registry.addr);
-                    let started = Instant::now();
-                    let build = timed(
-                        "docker",
-                        &["build", "--quiet", "-t", &image, "."],
-                        Some(&ctx),
-                    )?;
-                    let pushed = timed("docker", &["push", "--quiet", &image], None)?;
-                    let total = started.elapsed().as_secs_f64();
-                    if variant == "same" {
-                        cli_build.push(build);
-                        cli_push.push(pushed);
-                        theirs.push(total);
-                    } else {
-                        upstream_cli.push(total);
-                    }
-                    images.push(image);
-                }
-                let _ = std::fs::remove_dir_all(ctx);
-            }
-        }
-    }
-    for image in &images {
-        let _ = Command::new("docker")
-            .args(["rmi", "--force", image])
-            .output();
-    }
-    let (ours, stages, theirs) = (median(ours), median(stages), median(theirs));
-    let upstream_cli = median(upstream_cli);
-    let peak = rss.iter().copied().fold(0.0, f64::max);
-    Ok(vec![
-        format!(
-            "  build + push, {} MiB binary: xtask run {ours:.2} s (its image + push stages {stages:.2} s), docker build + push {theirs:.2} s \
-             of the same context ({:.2} s with upstream's Dockerfile, which has no LABEL step)",
-            bench.binary_mib, upstream_cli
-        ),
-        format!(
-            "    build: xtask {:.2} s, docker build {:.2} s; push: xtask {:.2} s, docker push {:.2} s",
-            median(our_build),
-            median(cli_build),
-            median(our_push),
-            median(cli_push)
-        ),
-        format!(
-            "    ratio whole run / CLI {:.2} ({}); image + push stages / CLI {:.2} ({}) (target <= 1.1); \
-             whole run / CLI with upstream's Dockerfile {:.2}",
-            ours / theirs,
-            verdict(ours / theirs <= 1.1),
-            stages / theirs,
-            verdict(stages / theirs <= 1.1),
-            ours / upstream_cli
-        ),
-        format!(
-            "    peak RSS of the xtask process {peak:.1} MiB (target < 100 MiB: {})",
-            verdict(peak < 100.0)
-        ),
-    ])
 }

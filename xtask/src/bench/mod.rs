@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: measurements against the baselines each issue names,
 //! taken side by side in one run, printed as figures and ratios.
 
+mod builders;
 mod deploy;
 mod image;
 mod sim;
@@ -16,7 +17,7 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum What {
-    /// The image pipeline: no-op vs full run, clone, build + push.
+    /// The image pipeline: no-op vs full run, clone, build + push and the whole pipeline (oci, engine, CLI).
     Image(image::ImageBench),
     /// deploy's wait vs upstream's kubectl loop: detection delay, CPU, memory, bytes.
     Deploy(deploy::DeployBench),
