@@ -83,6 +83,11 @@ fn the_oci_builder_needs_no_engine_and_makes_the_image_the_engine_makes() {
     assert_eq!(record["digest"], digest.as_str());
     assert_eq!(record["builder"], "oci");
     assert_eq!(record["platforms"][0]["platform"], "linux/amd64");
+    // Pushed, the image leaves the local layout: it does not grow by a binary per tag.
+    let blobs = std::fs::read_dir(env.state().join("oci/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 0, "blobs left in the layout after the push");
 
     // Both pull; their filesystems, labels and command are the same.
     docker::rmi(&engine_image);

@@ -215,6 +215,17 @@ impl Layout {
         self.prune(&index)
     }
 
+    /// Forget the image named `reference` and delete the blobs nothing else reaches.
+    pub fn remove_ref(&self, reference: &str) -> Result<()> {
+        let mut index = self.index()?;
+        index
+            .manifests
+            .retain(|d| d.annotations.get(REF_NAME).map(String::as_str) != Some(reference));
+        let json = serde_json::to_vec_pretty(&index).unwrap_or_default();
+        write_atomically(&self.dir.join("index.json"), &json)?;
+        self.prune(&index)
+    }
+
     /// The descriptor named `reference`, if any.
     pub fn named(&self, reference: &str) -> Result<Option<Descriptor>> {
         Ok(self
@@ -329,5 +340,9 @@ mod tests {
         assert_eq!(layout.read_blob(&layer.digest).unwrap(), b"layer");
         std::fs::write(layout.blob_path(&layer.digest), b"changed").unwrap();
         assert!(layout.read_blob(&layer.digest).is_err());
+        layout.remove_ref("r:1").unwrap();
+        assert!(layout.named("r:1").unwrap().is_none());
+        assert!(!layout.blob_path(&layer.digest).exists());
+        assert!(!layout.blob_path(&manifest.digest).exists());
     }
 }

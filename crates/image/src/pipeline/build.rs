@@ -226,12 +226,15 @@ pub(super) async fn with_oci(
         });
         images.push(image);
     }
-    let named = oci::build::record_in_layout(&layout, &spec.image.to_string(), &images)?;
-    events.emit(Event::Note(format!(
-        "image {} stored in the OCI layout {}",
-        named.digest,
-        layout.dir.display()
-    )));
+    let reference = spec.image.to_string();
+    let named = oci::build::record_in_layout(&layout, &reference, &images)?;
+    if registry.is_none() {
+        events.emit(Event::Note(format!(
+            "image {} stored in the OCI layout {} as {reference}",
+            named.digest,
+            layout.dir.display()
+        )));
+    }
     let mut platforms: Vec<PlatformImage> = images
         .iter()
         .zip(targets)
@@ -266,6 +269,9 @@ pub(super) async fn with_oci(
             for (p, image) in platforms.iter_mut().zip(&images) {
                 p.digest = Some(image.manifest.digest.clone());
             }
+            // Pushed: the registry holds it now, and the layout would grow by one
+            // binary per tag. Images built with --no-push stay.
+            layout.remove_ref(&reference)?;
             events.emit(Event::StageDone {
                 stage: Stage::Push,
                 what: format!("{digest} in {:.1}s", started.elapsed().as_secs_f64()),
