@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod make;
+pub mod oci;
 pub mod pipeline;
 pub mod record;
 pub use kubemark_contract::reference;

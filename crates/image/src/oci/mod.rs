@@ -1,0 +1,3 @@
+//! A daemonless OCI image builder's parts: the layer's compression.
+
+pub mod compress;
