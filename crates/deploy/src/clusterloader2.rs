@@ -125,12 +125,15 @@ impl From<Slim> for Node {
     }
 }
 
-/// Every Node of the master, slim, in pages of 500.
-async fn slim_nodes(master: &Cluster) -> Result<Vec<Node>> {
+/// The master's Nodes that `selector` picks, slim, in pages of 500.
+async fn slim_nodes(master: &Cluster, selector: &str) -> Result<Vec<Node>> {
     let mut nodes = Vec::new();
     let mut next: Option<String> = None;
     loop {
-        let mut query = "/api/v1/nodes?limit=500".to_owned();
+        let mut query = format!(
+            "/api/v1/nodes?limit=500&labelSelector={}",
+            crate::tables::encode(selector)
+        );
         if let Some(token) = &next {
             query.push_str("&continue=");
             query.push_str(&crate::tables::encode(token));
@@ -150,18 +153,60 @@ async fn slim_nodes(master: &Cluster) -> Result<Vec<Node>> {
     }
 }
 
-/// The master's schedulable nodes: (ours, others' names).
-pub async fn schedulable_nodes(master: &Cluster, namespace: &str) -> Result<(usize, Vec<String>)> {
-    let nodes = slim_nodes(master).await?;
-    let ours = |n: &Node| n.labels().get(NODE_LABEL).map(String::as_str) == Some(namespace);
-    let mut others: Vec<String> = nodes
+/// The master's schedulable nodes that are not this deploy's hollow nodes
+/// (other deploys' hollow nodes included): their names, sorted.
+pub async fn other_schedulable(master: &Cluster, namespace: &str) -> Result<Vec<String>> {
+    let nodes = slim_nodes(master, &format!("{NODE_LABEL}!={namespace}")).await?;
+    let mut names: Vec<String> = nodes
         .iter()
-        .filter(|n| schedulable(n) && !ours(n))
+        .filter(|n| schedulable(n))
         .map(ResourceExt::name_any)
         .collect();
-    others.sort();
-    let hollow = nodes.iter().filter(|n| schedulable(n) && ours(n)).count();
-    Ok((hollow, others))
+    names.sort();
+    Ok(names)
+}
+
+/// How this deploy's own hollow nodes are counted as schedulable.
+#[derive(Debug, Clone, Copy)]
+pub enum Ours<'a> {
+    /// From its Nodes, already read whole (`status`).
+    Read(&'a [Node]),
+    /// Right after deploy's wait: from their rows (Ready and not cordoned: the
+    /// Status column), none when the template registers them with a
+    /// NoSchedule/NoExecute taint. A taint something else adds later is not
+    /// seen: reading whole Nodes for it cost a 2,000-node deploy 5 MB and a third
+    /// of its CPU.
+    Rows { registered_tainted: bool },
+}
+
+/// How many of this deploy's hollow nodes clusterloader2 counts as schedulable.
+async fn ours_schedulable(master: &Cluster, namespace: &str, ours: Ours<'_>) -> Result<usize> {
+    match ours {
+        Ours::Read(nodes) => Ok(nodes.iter().filter(|n| schedulable(n)).count()),
+        Ours::Rows {
+            registered_tainted: true,
+        } => Ok(0),
+        Ours::Rows {
+            registered_tainted: false,
+        } => {
+            let rows = crate::tables::rows(
+                &master.client,
+                "/api/v1/nodes",
+                &format!("{NODE_LABEL}={namespace}"),
+                &["Status"],
+            )
+            .await
+            .map_err(Error::api(Side::Master, "listing hollow nodes"))?;
+            Ok(rows
+                .iter()
+                .filter(|(_, cells)| {
+                    let status = cells.get("Status");
+                    status.split(',').any(|s| s == "Ready")
+                        && !status.contains("SchedulingDisabled")
+                })
+                .count())
+        }
+    }
 }
 
 /// The flags for `ready` hollow nodes of `namespace`.
@@ -170,8 +215,10 @@ pub async fn flags(
     master: &Cluster,
     namespace: &str,
     ready: usize,
+    ours: Ours<'_>,
 ) -> Result<Clusterloader2> {
-    let (hollow, others) = schedulable_nodes(master, namespace).await?;
+    let others = other_schedulable(master, namespace).await?;
+    let hollow = ours_schedulable(master, namespace, ours).await?;
     let kubeconfig = absolute(&master.kubeconfig);
     let root_kubeconfig = absolute(&external.kubeconfig);
     let master_ip = host_of(&master.server);

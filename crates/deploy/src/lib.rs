@@ -205,7 +205,11 @@ pub async fn deploy(spec: &Spec, events: &Events, cancel: &CancellationToken) ->
     };
     let clusterloader2 = match &summary {
         Some(s) => {
-            let cl2 = clusterloader2::flags(&external, &master, &spec.namespace, s.wanted).await?;
+            let ours = clusterloader2::Ours::Rows {
+                registered_tainted: spec.registers_tainted(),
+            };
+            let cl2 =
+                clusterloader2::flags(&external, &master, &spec.namespace, s.wanted, ours).await?;
             for warning in cl2.warnings() {
                 events.warn(warning);
             }

@@ -128,6 +128,15 @@ impl Spec {
         }
     }
 
+    /// Whether the hollow nodes register with a NoSchedule/NoExecute taint
+    /// (`--register-with-taints`): no pod without a toleration lands on them.
+    pub fn registers_tainted(&self) -> bool {
+        self.register_with_taints.as_deref().is_some_and(|t| {
+            t.split(',')
+                .any(|t| t.ends_with(":NoSchedule") || t.ends_with(":NoExecute"))
+        })
+    }
+
     /// The wait's limit: the given one, or 2 minutes plus 0.1 s per node.
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or_else(|| {

@@ -346,8 +346,7 @@ pub(crate) async fn master_ownership(
 /// master once the hollow nodes are Ready, hollow or not: said as a note, and
 /// a warning when it is not the hollow nodes alone.
 async fn clusterloader2_view(spec: &Spec, master: &Cluster, events: &Events) {
-    let (_, others) = match crate::clusterloader2::schedulable_nodes(master, &spec.namespace).await
-    {
+    let others = match crate::clusterloader2::other_schedulable(master, &spec.namespace).await {
         Ok(found) => found,
         Err(e) => {
             events.note(format!(
@@ -356,10 +355,7 @@ async fn clusterloader2_view(spec: &Spec, master: &Cluster, events: &Events) {
             return;
         }
     };
-    let tainted = spec.register_with_taints.as_deref().is_some_and(|t| {
-        t.split(',')
-            .any(|t| t.ends_with(":NoSchedule") || t.ends_with(":NoExecute"))
-    });
+    let tainted = spec.registers_tainted();
     let hollow = if tainted { 0 } else { spec.replicas as usize };
     events.note(format!(
         "clusterloader2 will see {} schedulable node(s) on the master: {hollow} hollow, {} other",

@@ -127,7 +127,14 @@ pub async fn status(external: &Cluster, master: &Cluster, namespace: &str) -> Re
     if orphans > 0 {
         diagnosis.push(format!("{orphans} hollow node(s) on the master have no pod (left from earlier runs; destroy removes them)"));
     }
-    let clusterloader2 = crate::clusterloader2::flags(external, master, namespace, ready).await?;
+    let clusterloader2 = crate::clusterloader2::flags(
+        external,
+        master,
+        namespace,
+        ready,
+        crate::clusterloader2::Ours::Read(&nodes),
+    )
+    .await?;
     diagnosis.extend(clusterloader2.warnings());
     Ok(Status {
         namespace: namespace.to_owned(),

@@ -251,6 +251,18 @@ pub fn watch(
     Watch { updates, task }
 }
 
+/// The rows of `path` that `selector` picks, once (paged), with the cells of `keep`.
+pub async fn rows(
+    client: &Client,
+    path: &str,
+    selector: &str,
+    keep: &'static [&'static str],
+) -> Result<Vec<(String, Cells)>, kube::Error> {
+    let (columns, _, rows) = list(client, path, selector).await?;
+    let layout = Layout::new(&columns, keep);
+    Ok(rows.iter().filter_map(|r| layout.cells(r)).collect())
+}
+
 async fn list(
     client: &Client,
     path: &str,

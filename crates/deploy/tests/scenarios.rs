@@ -282,6 +282,70 @@ async fn clusterloader2_is_told_of_schedulable_nodes_that_are_not_hollow() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusterloader2_is_told_of_cordoned_and_tainted_hollow_nodes() {
+    let c = Clusters::start().await;
+    kubemark_deploy::deploy(&c.spec(2), &c.events(), &CancellationToken::new())
+        .await
+        .unwrap();
+    let (_, master) = c.connect().await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(master.client.clone());
+    let names: Vec<String> = nodes
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    nodes
+        .patch(
+            &names[0],
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
+    c.take();
+    // Right after deploy's wait (read from the rows: the cordon shows in Status).
+    let cl2 = kubemark_deploy::deploy(&c.spec(2), &c.events(), &CancellationToken::new())
+        .await
+        .unwrap()
+        .clusterloader2
+        .unwrap();
+    assert_eq!((cl2.nodes, cl2.schedulable_nodes), (2, 1));
+    let log = c.take();
+    assert!(
+        log.contains("only 1 of the 2 Ready hollow nodes are schedulable"),
+        "{log}"
+    );
+    // status reads the Nodes whole: a taint shows too.
+    nodes
+        .patch(
+            &names[1],
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"spec": {"taints": [{"key": "x", "effect": "NoExecute"}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let (external, master) = c.connect().await;
+    let status = kubemark_deploy::status::status(&external, &master, "kubemark")
+        .await
+        .unwrap();
+    assert_eq!(status.clusterloader2.schedulable_nodes, 0);
+    // Hollow nodes registered with a NoSchedule taint count as none.
+    let mut spec = c.spec(2);
+    spec.register_with_taints = Some("dedicated=kubemark:NoSchedule".into());
+    let cl2 = kubemark_deploy::deploy(&spec, &c.events(), &CancellationToken::new())
+        .await
+        .unwrap()
+        .clusterloader2
+        .unwrap();
+    assert_eq!(cl2.schedulable_nodes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_node_identity_on_a_master_without_tls_bootstrap_is_refused_before_any_write() {
     // The simulator serves no ClusterRoleBindings and no CSRs: as far as it
     // models TLS bootstrap, that is all it can say.
