@@ -82,7 +82,7 @@ fn the_oci_builder_needs_no_engine_and_makes_the_image_the_engine_makes() {
     let record = env.record();
     assert_eq!(record["digest"], digest.as_str());
     assert_eq!(record["builder"], "oci");
-    assert_eq!(record["platforms"][0]["platform"], "linux/amd64");
+    assert_eq!(record["platforms"][0]["platform"], host_platform());
     // Pushed, the image leaves the local layout: it does not grow by a binary per tag.
     let blobs = std::fs::read_dir(env.state().join("oci/blobs/sha256"))
         .unwrap()
@@ -127,6 +127,26 @@ fn the_oci_builder_needs_no_engine_and_makes_the_image_the_engine_makes() {
         .stderr_has(&["Layer already exists"])
         .stderr_lacks(&["Pushing"]);
     assert_eq!(registry.digest("kubemark", "oci").unwrap(), digest);
+
+    // Nothing changed: up to date, nothing built. Another compression is another image.
+    env.xtask(&args)
+        .assert_code(0)
+        .stdout_has(&["up to date"])
+        .stderr_lacks(&["==> image"]);
+    env.xtask(&args.with(&["--compression", "zstd"]))
+        .assert_code(0)
+        .stderr_has(&["==> image"]);
+    assert_ne!(registry.digest("kubemark", "oci").unwrap(), digest);
+}
+
+/// This machine's platform in Go's names, as the builder records it.
+fn host_platform() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    format!("linux/{arch}")
 }
 
 #[test]
@@ -172,6 +192,22 @@ fn layers_can_be_left_uncompressed_or_zstd_and_a_base_read_from_an_oci_layout() 
     );
     docker::pull(&image);
     assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 1");
+    // The label names the layout's image, not where the layout lies on this machine.
+    assert_eq!(
+        docker::labels(&image)["org.opencontainers.image.base.name"],
+        "oci-layout:kubemark-test.local/kubemark:base"
+    );
+    // The tool's own layout is pruned by every run: it is no base.
+    env.xtask(
+        &Args::image(&registry.addr, "own", upstream.url(), &env.path("k"))
+            .opt("--builder", "oci")
+            .opt(
+                "--base-image",
+                format!("oci:{}", env.state().join("oci").display()),
+            ),
+    )
+    .assert_code(2)
+    .stderr_has(&["is this tool's own layout"]);
 
     // zstd: the manifest says so, and the blob is a zstd frame.
     env.xtask(
@@ -220,7 +256,7 @@ fn what_the_oci_builder_cannot_do_is_refused_naming_it_and_nothing_is_pushed() {
         "Dockerfile line 3: `RUN`: `RUN` is not supported by --builder oci",
         "--builder engine",
     ]);
-    assert_eq!(registry.digest("kubemark", "v1"), None);
+    assert!(!registry.repositories().contains(&"kubemark".to_owned()));
     assert!(!env.has_record());
     // The second time the checkout is there: refused by the preflight, before make.
     env.xtask(&args)
@@ -244,7 +280,25 @@ fn what_the_oci_builder_cannot_do_is_refused_naming_it_and_nothing_is_pushed() {
         )
         .assert_code(2)
         .stderr_has(&["only --builder oci reads"]);
+    engine_env
+        .xtask(
+            &Args::image(&registry.addr, "v1", upstream.url(), &engine_env.path("k"))
+                .opt("--platforms", "linux/arm/v7"),
+        )
+        .assert_code(2)
+        .stderr_has(&["KUBE_BUILD_PLATFORMS takes os/arch", "write linux/arm"]);
     assert!(!engine_env.path("k").exists(), "nothing was cloned");
+    // Several platforms through the engine need a scratch base: refused before make
+    // once the checkout shows the Dockerfile's base.
+    let busybox = Args::image(&registry.addr, "v1", upstream.url(), &env.path("k"))
+        .opt("--platforms", "linux/amd64,linux/arm64")
+        .opt("--base-image", docker::busybox_base());
+    Env::new()
+        .xtask(&busybox)
+        .assert_code(2)
+        .stderr_has(&["--platforms with --builder engine needs a scratch base"])
+        .stderr_lacks(&["==> make"]);
+    assert!(!registry.repositories().contains(&"kubemark".to_owned()));
 }
 
 /// The Go build cache of whoever runs the tests (the xtask runs with a HOME of its own).

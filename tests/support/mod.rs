@@ -66,6 +66,11 @@ impl Registry {
         self.inner.digest(repository, tag).unwrap()
     }
 
+    /// The repositories it holds; panics when it does not answer.
+    pub fn repositories(&self) -> Vec<String> {
+        self.inner.repositories().unwrap()
+    }
+
     pub fn manifest(&self, repository: &str, reference: &str) -> Option<serde_json::Value> {
         self.inner.manifest(repository, reference).unwrap()
     }

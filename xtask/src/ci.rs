@@ -28,6 +28,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("make", "make"),
     ("time", "time"),
     ("curl", "curl"),
+    // Independent decoders of the OCI builder's layers (crates/image oci::compress).
+    ("gzip", "gzip"),
+    ("zstd", "zstd"),
 ];
 
 #[derive(Debug, clap::Args)]

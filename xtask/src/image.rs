@@ -243,6 +243,18 @@ fn spec(args: Args, global: &Global) -> Result<(Spec, bool), Failure> {
                 ),
             )
         })?;
+        if platform.variant.is_some() {
+            return Err(Failure::usage(
+                format!(
+                    "{} `{text}`: KUBE_BUILD_PLATFORMS takes os/arch, without a variant",
+                    given.origin("platforms", "KUBEMARK_PLATFORMS")
+                ),
+                format!(
+                    "write {}/{} (kubernetes builds linux/arm as ARM v7)",
+                    platform.os, platform.architecture
+                ),
+            ));
+        }
         if platforms.contains(&platform) {
             return Err(Failure::usage(
                 format!(

@@ -91,6 +91,32 @@ impl Registry {
             .map_err(io::Error::other)
     }
 
+    /// The repositories the registry holds (`/v2/_catalog`); an error when it does
+    /// not answer, so that "nothing was pushed" is never read from a dead registry.
+    pub fn repositories(&self) -> io::Result<Vec<String>> {
+        let mut args = vec!["-sS".to_owned(), "-f".to_owned()];
+        if let Some((u, p)) = &self.auth {
+            args.push("-u".into());
+            args.push(format!("{u}:{p}"));
+        }
+        args.push(format!("http://{}/v2/_catalog", self.addr));
+        let output = Command::new("curl").args(&args).output()?;
+        if !output.status.success() {
+            return Err(io::Error::other(format!(
+                "the registry did not answer /v2/_catalog: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        let catalog: serde_json::Value =
+            serde_json::from_slice(&output.stdout).map_err(io::Error::other)?;
+        Ok(catalog["repositories"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// The digest the tag names, asked as the engine asks (every manifest type).
     pub fn digest(&self, repository: &str, tag: &str) -> io::Result<Option<String>> {
         let url = format!("http://{}/v2/{repository}/manifests/{tag}", self.addr);

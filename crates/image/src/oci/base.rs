@@ -24,6 +24,10 @@ pub enum Source {
 pub struct Base {
     /// As the Dockerfile names it.
     pub name: String,
+    /// What the image's `org.opencontainers.image.base.name` label says: the name,
+    /// or for a local layout the image's ref name in it (never the local path,
+    /// which would make the image depend on where the layout lies).
+    pub label: String,
     /// Its config (`None` for scratch).
     pub config: Option<serde_json::Value>,
     /// Digest of the config: the engine's image ID of the same image.
@@ -39,6 +43,22 @@ struct ManifestDoc {
     layers: Vec<Descriptor>,
 }
 
+impl Base {
+    /// The base's environment (`config.Env`); empty for scratch.
+    pub fn env(&self) -> Vec<String> {
+        self.config
+            .as_ref()
+            .and_then(|c| c.pointer("/config/Env"))
+            .and_then(|e| e.as_array())
+            .map(|e| {
+                e.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// Resolve `name` for `platform`. `insecure` allows plain HTTP to a registry.
 pub async fn resolve(name: &str, platform: &Platform, insecure: bool) -> Result<Base> {
     let fail = |reason: String| Error::BaseImage {
@@ -47,6 +67,7 @@ pub async fn resolve(name: &str, platform: &Platform, insecure: bool) -> Result<
     if name == "scratch" {
         return Ok(Base {
             name: name.into(),
+            label: name.into(),
             config: None,
             config_digest: None,
             layers: Vec::new(),
@@ -57,10 +78,16 @@ pub async fn resolve(name: &str, platform: &Platform, insecure: bool) -> Result<
         let layout = Layout::existing(std::path::Path::new(path))?;
         let index = layout.index()?;
         let manifest = pick_in_layout(&layout, index, platform).map_err(&fail)?;
+        let label = match manifest.annotations.get(super::layout::REF_NAME) {
+            Some(r) => format!("oci-layout:{r}"),
+            None => format!("oci-layout@{}", manifest.digest),
+        };
         let doc: ManifestDoc = serde_json::from_slice(&layout.read_blob(&manifest.digest)?)
             .map_err(|e| fail(format!("its manifest cannot be read: {e}")))?;
         let config = layout.read_blob(&doc.config.digest)?;
-        return finish(name, doc, &config, platform, Source::Layout(layout));
+        let mut base = finish(name, doc, &config, platform, Source::Layout(layout))?;
+        base.label = label;
+        return Ok(base);
     }
     let image = ImageRef::parse(name).map_err(|e| fail(e.to_string()))?;
     let credentials = Credentials::from_docker_config(&image)?;
@@ -115,6 +142,28 @@ fn finish(
             text("architecture")
         )));
     }
+    if let Some(wanted) = &platform.variant
+        && text("variant") != wanted.as_str()
+    {
+        return Err(fail(format!(
+            "it is a {}/{} image of variant `{}`, and the image built is {platform}",
+            text("os"),
+            text("architecture"),
+            text("variant")
+        )));
+    }
+    // Triggers the base leaves for the image built from it: this builder would
+    // skip them, so it refuses (the engine's legacy builder runs them).
+    if config
+        .pointer("/config/OnBuild")
+        .and_then(|o| o.as_array())
+        .is_some_and(|o| !o.is_empty())
+    {
+        return Err(fail(
+            "it has ONBUILD triggers, which --builder oci does not run; use --builder engine"
+                .into(),
+        ));
+    }
     let diff_ids = config
         .pointer("/rootfs/diff_ids")
         .and_then(|d| d.as_array())
@@ -123,6 +172,15 @@ fn finish(
         return Err(fail(format!(
             "its manifest has {} layers and its config {diff_ids}",
             doc.layers.len()
+        )));
+    }
+    if let Some(bad) = std::iter::once(&doc.config)
+        .chain(&doc.layers)
+        .find(|d| !super::layout::valid_digest(&d.digest))
+    {
+        return Err(fail(format!(
+            "its manifest names a blob `{}`, which is not a sha256 digest",
+            bad.digest
         )));
     }
     let layers = doc
@@ -135,6 +193,7 @@ fn finish(
         .collect::<Result<Vec<_>>>()?;
     Ok(Base {
         name: name.into(),
+        label: name.into(),
         config: Some(config),
         config_digest: Some(doc.config.digest),
         layers,
@@ -193,7 +252,30 @@ fn pick_in_layout(
         } else if index.manifests.is_empty() {
             return Err("the layout holds no image".into());
         } else {
-            pick(&index, platform)?.clone()
+            let matching: Vec<&Descriptor> = index
+                .manifests
+                .iter()
+                .filter(|d| d.platform.as_ref().is_none_or(|p| p.serves(platform)))
+                .collect();
+            if matching.len() > 1 {
+                let names: Vec<&str> = matching
+                    .iter()
+                    .map(|d| {
+                        d.annotations
+                            .get(super::layout::REF_NAME)
+                            .map_or(d.digest.as_str(), String::as_str)
+                    })
+                    .collect();
+                return Err(format!(
+                    "the layout holds {} images for {platform} ({}): which one is the base is not clear; give a layout that holds one",
+                    matching.len(),
+                    names.join(", ")
+                ));
+            }
+            match matching.first() {
+                Some(one) => (*one).clone(),
+                None => pick(&index, platform)?.clone(),
+            }
         };
         if !media::is_index(&entry.media_type) {
             return Ok(entry);

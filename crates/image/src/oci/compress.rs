@@ -845,14 +845,14 @@ mod tests {
         let input = mixed(2 * BLOCK_SIZE + 77, 5);
         for (compression, tool) in [(Compression::Gzip, "gzip"), (Compression::Zstd, "zstd")] {
             let (blob, _) = compress(&input, compression, 2, 1 << 16);
-            let Ok(mut child) = Command::new(tool)
+            let mut child = Command::new(tool)
                 .args(["-dc"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
-            else {
-                continue;
-            };
+                .unwrap_or_else(|e| {
+                    panic!("{tool}: {e}; run `cargo xtask ci --provision-only` to install it")
+                });
             let mut stdin = child.stdin.take().expect("stdin");
             let feeder = std::thread::spawn(move || stdin.write_all(&blob));
             let output = child.wait_with_output().expect("wait");

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use super::layout::Platform;
 use crate::error::{Error, Result};
 
 /// What the build does, read from the Dockerfile.
@@ -39,16 +40,54 @@ pub enum Step {
 /// Instructions this builder carries out, for messages.
 pub const SUPPORTED: &str = "ARG, FROM, COPY, LABEL, ENV, USER, ENTRYPOINT and CMD";
 
+/// What a Dockerfile's variables start from.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The platform built: BuildKit's automatic `TARGET*`/`BUILD*` arguments, and
+    /// what `FROM --platform` must name.
+    pub platform: &'a Platform,
+    /// The base image's environment (`config.Env`), in scope after `FROM` as the
+    /// engine has it (`ENV PATH=/opt/bin:$PATH`). Empty until the base is known:
+    /// only the base's name is read from such a parse.
+    pub base_env: &'a [String],
+}
+
+/// What docker sets for an image whose base has no PATH.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Read `text` (a Dockerfile) into a [`Recipe`]; refuse what this builder cannot do.
-pub fn parse(text: &str) -> Result<Recipe> {
+pub fn parse(text: &str, scope: Scope<'_>) -> Result<Recipe> {
     let refuse = |line: usize, message: String| Error::BuildFailed {
         message: format!("Dockerfile line {line}: {message}"),
         step: None,
     };
+    let target = scope.platform;
+    let host = Platform::host();
     let mut global_args: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in [
+        ("TARGETPLATFORM", target.to_string()),
+        ("TARGETOS", target.os.clone()),
+        ("TARGETARCH", target.architecture.clone()),
+        ("TARGETVARIANT", target.variant.clone().unwrap_or_default()),
+        ("BUILDPLATFORM", host.to_string()),
+        ("BUILDOS", host.os.clone()),
+        ("BUILDARCH", host.architecture.clone()),
+        ("BUILDVARIANT", String::new()),
+    ] {
+        global_args.insert(name.to_owned(), value);
+    }
     let mut from: Option<(String, Option<String>)> = None;
-    // Variables visible after FROM: ARGs declared there, then ENVs.
-    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    // Variables visible after FROM: the base's environment, ARGs declared there, ENVs.
+    let mut vars: BTreeMap<String, String> = scope
+        .base_env
+        .iter()
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    if !vars.contains_key("PATH") {
+        let (k, v) = DEFAULT_PATH.split_once('=').unwrap_or_default();
+        vars.insert(k.to_owned(), v.to_owned());
+    }
     let mut steps = Vec::new();
     for (number, line) in logical_lines(text).map_err(|(n, m)| refuse(n, m))? {
         let (keyword, rest) = match line.split_once(char::is_whitespace) {
@@ -62,19 +101,34 @@ pub fn parse(text: &str) -> Result<Recipe> {
         }
         match keyword.as_str() {
             "ARG" => {
-                for word in words(rest, &BTreeMap::new(), false).map_err(at)? {
+                let in_scope = if from.is_none() { &global_args } else { &vars };
+                for word in words(rest, in_scope, true).map_err(at)? {
                     let (name, default) = match word.split_once('=') {
                         Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
                         None => (word.clone(), None),
                     };
-                    if from.is_none() {
-                        global_args.insert(name, default.unwrap_or_default());
+                    if name.is_empty() {
+                        return Err(at(format!("`{word}` names no argument")));
+                    }
+                    let scope = if from.is_none() {
+                        &mut global_args
                     } else {
-                        // Redeclared after FROM: the global default comes back in scope.
-                        let value = default
-                            .or_else(|| global_args.get(&name).cloned())
-                            .unwrap_or_default();
-                        vars.entry(name).or_insert(value);
+                        &mut vars
+                    };
+                    match default {
+                        Some(value) => {
+                            scope.insert(name, value);
+                        }
+                        None => {
+                            // Redeclared after FROM: the global value comes back in scope.
+                            let value = global_args.get(&name).cloned().unwrap_or_default();
+                            let scope = if from.is_none() {
+                                &mut global_args
+                            } else {
+                                &mut vars
+                            };
+                            scope.entry(name).or_insert(value);
+                        }
                     }
                 }
             }
@@ -105,6 +159,14 @@ pub fn parse(text: &str) -> Result<Recipe> {
                 let image = image
                     .filter(|i| !i.is_empty())
                     .ok_or_else(|| at("names no image (is a build argument empty?)".into()))?;
+                if let Some(p) = &platform {
+                    let asked = Platform::parse(p).map_err(at)?;
+                    if !asked.serves(target) || asked.variant != target.variant {
+                        return Err(at(format!(
+                            "--platform={p} differs from the platform built, {target}: --builder oci builds each platform's image from that platform's base"
+                        )));
+                    }
+                }
                 from = Some((image, platform));
             }
             "ADD" => {
@@ -223,21 +285,20 @@ fn logical_lines(text: &str) -> std::result::Result<Vec<(usize, String)>, (usize
             }
         }
         directives = false;
-        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_none()) {
+        // Comment and empty lines are dropped, inside a continued instruction too.
+        if trimmed.starts_with('#') || trimmed.is_empty() {
             continue;
         }
-        let (body, continues) = match trimmed.strip_suffix('\\') {
+        // As the engine does: the escaped newline is removed and the lines joined as
+        // they are (`COPY kube\` + `mark` is `COPY kubemark`).
+        let line = raw.trim_end();
+        let (body, continues) = match line.strip_suffix('\\') {
             Some(body) => (body, true),
-            None => (trimmed, false),
+            None => (line, false),
         };
         match &mut current {
-            Some((_, text)) => {
-                if !text.is_empty() && !body.is_empty() {
-                    text.push(' ');
-                }
-                text.push_str(body.trim());
-            }
-            None => current = Some((number, body.trim().to_owned())),
+            Some((_, text)) => text.push_str(body),
+            None => current = Some((number, body.trim_start().to_owned())),
         }
         if !continues && let Some(done) = current.take() {
             out.push(done);
@@ -286,7 +347,10 @@ fn pairs(rest: &str, vars: &BTreeMap<String, String>) -> Result<Vec<(String, Str
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .ok_or_else(|| format!("`{w}` is not key=value"))
         })
-        .filter(|p| !matches!(p, Ok((k, _)) if k.is_empty()))
+        .map(|p| match p {
+            Ok((k, _)) if k.is_empty() => Err("a key=value pair has no key".to_owned()),
+            other => other,
+        })
         .collect()
 }
 
@@ -421,14 +485,28 @@ fn variable(
 mod tests {
     use super::*;
 
+    fn amd64() -> Platform {
+        Platform::parse("linux/amd64").unwrap()
+    }
+
+    fn p(text: &str) -> Result<Recipe> {
+        parse(
+            text,
+            Scope {
+                platform: &amd64(),
+                base_env: &[],
+            },
+        )
+    }
+
     fn err(text: &str) -> String {
-        parse(text).unwrap_err().to_string()
+        p(text).unwrap_err().to_string()
     }
 
     #[test]
     fn the_kubemark_dockerfile_and_the_engine_paths_label_line() {
         let text = "# Copyright\n\nFROM registry.k8s.io/build-image/go-runner:v2.3.1\n\nCOPY kubemark /kubemark\nLABEL \"a.b\"=\"plain\" \\\n      \"c\"=\"q\\\"uote \\$HOME \\\\\"\n";
-        let recipe = parse(text).unwrap();
+        let recipe = p(text).unwrap();
         assert_eq!(recipe.base, "registry.k8s.io/build-image/go-runner:v2.3.1");
         assert_eq!(
             recipe.steps,
@@ -450,7 +528,7 @@ mod tests {
     #[test]
     fn args_before_from_and_variables_after_it() {
         let text = "ARG BASE=scratch\nARG TAG\nFROM ${BASE} AS final\nARG BASE\nENV DIR=/opt/k HOME=\"/root dir\"\nCOPY --chmod=0755 [\"kubemark\", \"$DIR/\"]\nLABEL from=$BASE empty=${TAG:-none}\nLABEL old style value\nENTRYPOINT [\"/kubemark\"]\nCMD --morph=kubelet\nUSER 65532\n";
-        let recipe = parse(text).unwrap();
+        let recipe = p(text).unwrap();
         assert_eq!(recipe.base, "scratch");
         assert_eq!(
             recipe.steps,
@@ -479,8 +557,53 @@ mod tests {
                 Step::User("65532".into()),
             ]
         );
-        let platform = parse("FROM --platform=linux/arm64 scratch\n").unwrap();
-        assert_eq!(platform.platform.as_deref(), Some("linux/arm64"));
+        let platform = p("FROM --platform=linux/amd64 scratch\n").unwrap();
+        assert_eq!(platform.platform.as_deref(), Some("linux/amd64"));
+        let platform = p("FROM --platform=$TARGETPLATFORM scratch\n").unwrap();
+        assert_eq!(platform.platform.as_deref(), Some("linux/amd64"));
+    }
+
+    #[test]
+    fn variables_are_the_engines_base_env_arg_defaults_and_continuations_too() {
+        let text = "ARG REG=example.com\nARG IMG=${REG}/base:1\nFROM $IMG\nARG X=1\nARG X=2\nENV PATH=/opt/bin:$PATH LANG=$LANG\n# a comment inside\nCOPY kube\\\n\n# ignored\nmark /k$X\nLABEL arch=$TARGETARCH\n";
+        let recipe = parse(
+            text,
+            Scope {
+                platform: &amd64(),
+                base_env: &["PATH=/go/bin:/usr/bin".into(), "LANG=C.UTF-8".into()],
+            },
+        )
+        .unwrap();
+        assert_eq!(recipe.base, "example.com/base:1");
+        assert_eq!(
+            recipe.steps,
+            vec![
+                Step::Env(vec![
+                    ("PATH".into(), "/opt/bin:/go/bin:/usr/bin".into()),
+                    ("LANG".into(), "C.UTF-8".into())
+                ]),
+                Step::Copy {
+                    sources: vec!["kubemark".into()],
+                    dest: "/k2".into(),
+                    chmod: None,
+                    text: "COPY kubemark /k$X".into()
+                },
+                // Automatic arguments are global: in scope after FROM only when declared.
+                Step::Label(vec![("arch".into(), String::new())]),
+            ]
+        );
+        // Without a base PATH, the default one is what `$PATH` says.
+        let recipe = p("FROM scratch\nARG TARGETARCH\nENV PATH=/x:$PATH A=$TARGETARCH\n").unwrap();
+        assert_eq!(
+            recipe.steps,
+            vec![Step::Env(vec![
+                (
+                    "PATH".into(),
+                    "/x:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+                ),
+                ("A".into(), "amd64".into())
+            ])]
+        );
     }
 
     #[test]
@@ -505,6 +628,11 @@ mod tests {
                 "line 1: the parser directive `escape`",
             ),
             ("", "has no FROM"),
+            (
+                "FROM --platform=linux/arm64 scratch\n",
+                "--platform=linux/arm64 differs from the platform built, linux/amd64",
+            ),
+            ("FROM scratch\nLABEL =v\n", "has no key"),
             ("FROM scratch\nWORKDIR /x\n", "`WORKDIR` is not supported"),
             (
                 "FROM scratch\nLABEL a=b stray\n",

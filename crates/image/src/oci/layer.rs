@@ -39,6 +39,8 @@ pub fn select(
     let dest_dir = dest.ends_with('/') || sources.len() > 1;
     let dest = normalize(dest);
     let mut nodes = BTreeMap::new();
+    // Where folders were copied to: the folders inside them are the source's.
+    let mut roots: Vec<String> = Vec::new();
     for source in sources {
         let src = normalize(source);
         if src.split('/').any(|c| c == "..") || source.contains(['*', '?', '[']) {
@@ -51,6 +53,14 @@ pub fn select(
         }
         let mut found = false;
         for item in items {
+            if item.rel == src && matches!(item.kind, ItemKind::Symlink(_)) {
+                return Err(Error::BuildFailed {
+                    message: format!(
+                        "COPY {source}: it is a symlink, which the engine follows and --builder oci does not; copy the file it names"
+                    ),
+                    step: None,
+                });
+            }
             let target = if item.rel == src {
                 // A file: to `dest`, or into it when `dest` is a folder.
                 if dest_dir {
@@ -59,9 +69,15 @@ pub fn select(
                     dest.clone()
                 }
             } else if src.is_empty() {
+                if !roots.contains(&dest) {
+                    roots.push(dest.clone());
+                }
                 join(&dest, &item.rel)
             } else if let Some(below) = item.rel.strip_prefix(&format!("{src}/")) {
                 // A folder: its contents into `dest`.
+                if !roots.contains(&dest) {
+                    roots.push(dest.clone());
+                }
                 join(&dest, below)
             } else {
                 continue;
@@ -94,7 +110,14 @@ pub fn select(
             });
         }
     }
-    // Parent folders, as the engine creates them.
+    // The folders of a copied folder's tree. Folders above a destination are not
+    // written: the base's stay as they are (a `/tmp` keeps its mode, as with the
+    // engine), and a runtime creates a missing one (0755, root) when it unpacks.
+    let inside = |p: &str| {
+        roots
+            .iter()
+            .any(|r| r.is_empty() || p.starts_with(&format!("{r}/")))
+    };
     let parents: Vec<String> = nodes
         .keys()
         .flat_map(|path| {
@@ -103,6 +126,7 @@ pub fn select(
                 .map(|n| parts[..n].join("/"))
                 .collect::<Vec<_>>()
         })
+        .filter(|p| inside(p))
         .collect();
     for parent in parents {
         nodes.entry(parent).or_insert(Node::Dir);
@@ -281,6 +305,10 @@ mod tests {
             item("conf/a", "a"),
             item("conf/sub/b", "b"),
             item("kubemark", "bin"),
+            Item {
+                rel: "link".into(),
+                kind: ItemKind::Symlink("kubemark".into()),
+            },
         ];
         let paths = |sources: &[&str], dest: &str| -> Vec<String> {
             let sources: Vec<String> = sources.iter().map(|s| (*s).to_owned()).collect();
@@ -290,27 +318,22 @@ mod tests {
                 .collect()
         };
         assert_eq!(paths(&["kubemark"], "/kubemark"), ["kubemark"]);
+        // Folders above the destination are left to the base (or the runtime).
         assert_eq!(
             paths(&["./kubemark"], "/usr/local/bin/"),
-            [
-                "usr",
-                "usr/local",
-                "usr/local/bin",
-                "usr/local/bin/kubemark"
-            ]
+            ["usr/local/bin/kubemark"]
         );
         assert_eq!(
             paths(&["conf"], "/etc/k"),
-            ["etc", "etc/k", "etc/k/a", "etc/k/sub", "etc/k/sub/b"]
+            ["etc/k/a", "etc/k/sub", "etc/k/sub/b"]
         );
-        assert_eq!(
-            paths(&["kubemark", "conf/a"], "/x/"),
-            ["x", "x/a", "x/kubemark"]
-        );
+        assert_eq!(paths(&["conf"], "/"), ["a", "sub", "sub/b"]);
+        assert_eq!(paths(&["kubemark", "conf/a"], "/x/"), ["x/a", "x/kubemark"]);
         for (sources, expected) in [
             (vec!["missing"], "not found in the build context"),
             (vec!["../etc/passwd"], "outside the context"),
             (vec!["*.txt"], "wildcards"),
+            (vec!["link"], "it is a symlink"),
         ] {
             let sources: Vec<String> = sources.into_iter().map(str::to_owned).collect();
             let e = select(&items, &sources, "/", None).unwrap_err().to_string();
@@ -349,13 +372,7 @@ mod tests {
             .iter()
             .map(|(p, k, m, c)| (p.clone(), *k, *m, c.len()))
             .collect();
-        assert_eq!(
-            summary,
-            [
-                ("opt/".to_owned(), 'd', 0o755, 0),
-                ("opt/kubemark".to_owned(), 'f', 0o755, 300_000)
-            ]
-        );
+        assert_eq!(summary, [("opt/kubemark".to_owned(), 'f', 0o755, 300_000)]);
         std::fs::write(&bin, vec![8u8; 300_000]).unwrap();
         let changed = write(&layout, &nodes, Compression::Gzip, 2, &cancel).unwrap();
         assert_ne!(changed.diff_id, one.diff_id);

@@ -99,6 +99,17 @@ pub struct Index {
     pub manifests: Vec<Descriptor>,
 }
 
+/// The file that marks a layout as this tool's own (and its blobs as its to prune).
+pub const OWNER_MARK: &str = "kubemark-layout";
+
+/// Whether `digest` is `sha256:` and 64 lowercase hex digits (a path component
+/// that cannot leave the blob folder).
+pub fn valid_digest(digest: &str) -> bool {
+    digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 /// The annotation naming an image in a layout's `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -129,9 +140,26 @@ impl Layout {
         Ok(layout)
     }
 
-    /// The builder's own layout, created if missing.
+    /// The builder's own layout, created if missing. A folder that exists with
+    /// something in it and without this tool's marker is refused: the layout's
+    /// prune deletes blobs, and only in a layout this tool made.
     pub fn create(dir: &Path) -> Result<Self> {
+        let owned = dir.join(OWNER_MARK);
+        let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+        if occupied && !owned.is_file() {
+            return Err(Error::Usage(format!(
+                "{} exists and this tool did not make it (no {OWNER_MARK} in it): its OCI layout there would delete what it does not know; move that folder away or pass another --state-dir",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(Error::io("creating", dir))?;
+        if !owned.is_file() {
+            std::fs::write(
+                &owned,
+                "made by cargo xtask image --builder oci; its blobs are pruned\n",
+            )
+            .map_err(Error::io("writing", &owned))?;
+        }
         let marker = dir.join("oci-layout");
         if !marker.is_file() {
             std::fs::write(&marker, "{\"imageLayoutVersion\":\"1.0.0\"}\n")
@@ -165,6 +193,14 @@ impl Layout {
 
     /// A blob read whole (configs, manifests), its digest checked.
     pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+        if !valid_digest(digest) {
+            return Err(Error::BaseImage {
+                reason: format!(
+                    "{} names a blob `{digest}`, which is not a sha256 digest",
+                    self.dir.display()
+                ),
+            });
+        }
         let path = self.blob_path(digest);
         let bytes = std::fs::read(&path).map_err(Error::io("reading", &path))?;
         let got = digest_of(&bytes);
@@ -314,6 +350,20 @@ mod tests {
         for bad in ["linux", "linux/", "a/b/c/d", "linux/am d64"] {
             assert!(Platform::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_folder_this_tool_did_not_make_is_not_taken_as_its_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("precious"), b"x").unwrap();
+        let e = Layout::create(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("this tool did not make it"), "{e}");
+        assert!(dir.path().join("precious").is_file());
+        let empty = tempfile::tempdir().unwrap();
+        Layout::create(empty.path()).unwrap();
+        Layout::create(empty.path()).unwrap();
+        assert!(!valid_digest("sha256:../../etc/passwd"));
+        assert!(valid_digest(&format!("sha256:{}", "0a".repeat(32))));
     }
 
     #[test]

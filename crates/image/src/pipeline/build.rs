@@ -50,7 +50,14 @@ pub(super) async fn with_engine(
     cancel: &CancellationToken,
 ) -> Result<Produced> {
     let several = targets.len() > 1;
-    let mut platforms = Vec::new();
+    if several && let Some(t) = targets.iter().find(|t| t.context.base != "scratch") {
+        return Err(Error::Usage(format!(
+            "--platforms with --builder engine needs a scratch base, and the Dockerfile's is {} (the engine keeps one local image per base name); use --builder oci, which reads the base's image per platform",
+            t.context.base
+        )));
+    }
+    // Every platform is built before any is pushed: a build that fails pushes nothing.
+    let mut built = Vec::new();
     for target in targets {
         // Several platforms: each under its own tag, joined by the list below.
         let image = if several {
@@ -63,7 +70,7 @@ pub(super) async fn with_engine(
             what: format!("building {image} from {}", target.context.dir.display()),
         });
         let started = std::time::Instant::now();
-        let built = engine
+        let id = engine
             .build(
                 &image,
                 Arc::clone(&target.context),
@@ -71,11 +78,16 @@ pub(super) async fn with_engine(
                 events,
                 cancel,
             )
-            .await?;
+            .await?
+            .id;
         events.emit(Event::StageDone {
             stage: Stage::Image,
-            what: format!("{} in {:.1}s", built.id, started.elapsed().as_secs_f64()),
+            what: format!("{id} in {:.1}s", started.elapsed().as_secs_f64()),
         });
+        built.push((image, id, target));
+    }
+    let mut platforms = Vec::new();
+    for (image, id, target) in built {
         let digest = match registry {
             Some(registry) => {
                 Some(engine_push(engine, registry, &image, credentials, events, cancel).await?)
@@ -85,7 +97,7 @@ pub(super) async fn with_engine(
         platforms.push(PlatformImage {
             platform: target.platform.to_string(),
             digest,
-            image_id: built.id,
+            image_id: id,
             binary_sha256: target.context.binary_sha256.clone(),
         });
     }
@@ -203,12 +215,16 @@ pub(super) async fn with_oci(
             ),
         });
         let started = std::time::Instant::now();
-        let recipe = oci::dockerfile::parse(&target.context.dockerfile_sent())?;
         let Some(base) = &target.base else {
             return Err(Error::Usage(
                 "internal: the base image was not resolved".into(),
             ));
         };
+        let scope = oci::dockerfile::Scope {
+            platform: &target.platform,
+            base_env: &base.env(),
+        };
+        let recipe = oci::dockerfile::parse(&target.context.dockerfile_sent(), scope)?;
         let input = oci::build::Input {
             context: &target.context,
             recipe: &recipe,

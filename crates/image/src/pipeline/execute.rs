@@ -137,7 +137,12 @@ pub async fn execute(
             ),
             (_, Builder::Engine) => ("scratch".to_owned(), None),
             (_, Builder::Oci) => {
-                let recipe = oci::dockerfile::parse(&context.dockerfile)?;
+                // The base's name (its environment is not needed for that).
+                let scope = oci::dockerfile::Scope {
+                    platform: &platform,
+                    base_env: &[],
+                };
+                let recipe = oci::dockerfile::parse(&context.dockerfile, scope)?;
                 let base =
                     oci::base::resolve(&recipe.base, &platform, spec.insecure_registry).await?;
                 let id = base
@@ -148,6 +153,12 @@ pub async fn execute(
             }
         };
         let mut labels = labels(&spec.source.url, &checkout, &context);
+        if let Some(base) = &base {
+            labels.insert(
+                "org.opencontainers.image.base.name".to_owned(),
+                base.label.clone(),
+            );
+        }
         let inputs = fingerprint(&context, &base_id, &labels, make_platform.as_deref());
         labels.insert(INPUTS_LABEL.to_owned(), inputs.clone());
         context.set_labels(&labels);
@@ -160,7 +171,7 @@ pub async fn execute(
         });
     }
     let targets = built_targets;
-    let inputs = combine(&fingerprints, spec.builder);
+    let inputs = combine(&fingerprints, spec.builder, spec.compression);
     // The Dockerfile exactly as the builder gets it, for whoever wonders what was built.
     let sent = spec.state_dir.join("Dockerfile.sent");
     std::fs::write(&sent, targets[0].context.dockerfile_sent())

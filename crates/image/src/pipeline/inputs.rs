@@ -66,7 +66,11 @@ pub(super) fn fingerprint(
 
 /// The record's fingerprint: every platform's, and the builder (a run with the
 /// other builder builds again).
-pub(super) fn combine(fingerprints: &[String], builder: Builder) -> String {
+pub(super) fn combine(
+    fingerprints: &[String],
+    builder: Builder,
+    compression: crate::oci::Compression,
+) -> String {
     if let [one] = fingerprints
         && builder == Builder::Engine
     {
@@ -74,6 +78,10 @@ pub(super) fn combine(fingerprints: &[String], builder: Builder) -> String {
     }
     let mut h = Sha256::new();
     h.update(format!("builder {}\n", builder.as_str()));
+    // The OCI builder's layers differ by compression: another one is another image.
+    if builder == Builder::Oci {
+        h.update(format!("compression {compression}\n"));
+    }
     for f in fingerprints {
         h.update(format!("{f}\n"));
     }

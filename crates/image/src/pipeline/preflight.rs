@@ -13,7 +13,7 @@ use crate::engine::{Endpoint, Engine};
 use crate::error::{Error, Result};
 use crate::event::{CancellationToken, Event, Events, Say, Stage};
 use crate::make;
-use crate::oci::Compression;
+use crate::oci::{Compression, Platform};
 use crate::record::Records;
 use crate::reference::ImageRef;
 use crate::registry::{Access, Registry};
@@ -75,6 +75,24 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
 
     let engine = match spec.builder {
         Builder::Engine => {
+            if spec.platforms.len() > 1 {
+                let dockerfile = spec
+                    .source
+                    .dir
+                    .join(context::CONTEXT_DIR)
+                    .join("Dockerfile");
+                let base = match &spec.base_image {
+                    Some(base) => Some(base.clone()),
+                    None => std::fs::read_to_string(&dockerfile)
+                        .ok()
+                        .and_then(|text| context::final_from(&text)),
+                };
+                if let Some(base) = base.filter(|b| b != "scratch") {
+                    return Err(Error::Usage(format!(
+                        "--platforms with --builder engine needs a scratch base, and the Dockerfile's is {base} (the engine keeps one local image per base name); use --builder oci, which reads the base's image per platform"
+                    )));
+                }
+            }
             let engine = Engine::connect(Endpoint::from_env()?).await?;
             events.note(format!(
                 "Docker engine {} (API {}) at {}",
@@ -94,7 +112,18 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
                     Some(base) => context::rewrite_from(&text, base)?.0,
                     None => text,
                 };
-                crate::oci::dockerfile::parse(&text)?;
+                let platforms = match (&spec.platforms[..], &platform) {
+                    ([], Some(one)) => vec![Platform::parse(one).map_err(Error::Usage)?],
+                    ([], None) => vec![Platform::host()],
+                    (many, _) => many.to_vec(),
+                };
+                for platform in &platforms {
+                    let scope = crate::oci::dockerfile::Scope {
+                        platform,
+                        base_env: &[],
+                    };
+                    crate::oci::dockerfile::parse(&text, scope)?;
+                }
             }
             events.note(format!(
                 "building in this process (--builder oci), layers {}-compressed",
@@ -216,7 +245,29 @@ fn check_builder_options(spec: &Spec) -> Result<()> {
                     ),
                 });
             }
-            crate::oci::Layout::existing(std::path::Path::new(&oci[4..]))?;
+            let path = &oci[4..];
+            // It travels in the Dockerfile's FROM line, whose words the builder expands.
+            if path.is_empty()
+                || path.contains(|c: char| c.is_whitespace() || "$\"'\\`".contains(c))
+            {
+                return Err(Error::BaseImage {
+                    reason: format!(
+                        "`{oci}`: give the layout's path without spaces, quotes, `$` or backslashes"
+                    ),
+                });
+            }
+            crate::oci::Layout::existing(std::path::Path::new(path))?;
+            let ours = super::build::layout_dir(spec);
+            if let (Ok(a), Ok(b)) = (std::fs::canonicalize(path), std::fs::canonicalize(&ours))
+                && a == b
+            {
+                return Err(Error::BaseImage {
+                    reason: format!(
+                        "`{oci}` is this tool's own layout, which each run prunes; copy the image elsewhere first (e.g. `cp -r {} /tmp/base-layout`)",
+                        ours.display()
+                    ),
+                });
+            }
         }
         Some(image) => {
             ImageRef::parse(image).map_err(|e| Error::BaseImage {
@@ -235,11 +286,6 @@ fn check_builder_options(spec: &Spec) -> Result<()> {
             return Err(Error::Usage(
                 "--insecure-registry is for --builder oci; the engine follows its own insecure-registries setting"
                     .into(),
-            ));
-        }
-        if spec.platforms.len() > 1 && base.is_some_and(|b| b != "scratch") {
-            return Err(Error::Usage(
-                "--platforms with --builder engine needs a scratch base (the engine keeps one local image per base name); use --builder oci, which reads the base's index per platform".into(),
             ));
         }
     }

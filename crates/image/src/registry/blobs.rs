@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::AsyncReadExt;
 
 use super::{MANIFEST_TYPES, Registry, error_chain};
 use crate::error::{Error, Result};
@@ -63,31 +63,29 @@ impl Registry {
         format!("{}{path}", self.base)
     }
 
-    /// An upload's `Location`, absolute.
+    /// An upload's `Location`, absolute (a relative one is read against the URL
+    /// that answered, as RFC 7231 says).
     fn location(&self, response: &reqwest::Response) -> Result<String, String> {
         let location = response
             .headers()
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or("the registry answered without a Location")?;
-        Ok(
-            if location.starts_with("http://") || location.starts_with("https://") {
-                location.to_owned()
-            } else {
-                self.url(location)
-            },
-        )
+        response
+            .url()
+            .join(location)
+            .map(String::from)
+            .map_err(|e| format!("the registry answered with the Location `{location}`: {e}"))
     }
 
     /// Whether `repository` already holds the blob.
     pub async fn blob_exists(&self, repository: &str, digest: &str) -> Result<bool> {
         let fail = self.fail(format!("checking for {digest} in {repository}"));
         let response = self
-            .authorize(
+            .send(|| {
                 self.client
-                    .head(self.url(&format!("/v2/{repository}/blobs/{digest}"))),
-            )
-            .send()
+                    .head(self.url(&format!("/v2/{repository}/blobs/{digest}")))
+            })
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         match response.status() {
@@ -102,20 +100,19 @@ impl Registry {
     pub async fn mount_blob(&self, repository: &str, digest: &str, from: &str) -> Result<bool> {
         let fail = self.fail(format!("mounting {digest} from {from} into {repository}"));
         let response = self
-            .authorize(
+            .send(|| {
                 self.client
                     .post(self.url(&format!("/v2/{repository}/blobs/uploads/")))
                     .query(&[("mount", digest), ("from", from)])
-                    .header(CONTENT_LENGTH, 0),
-            )
-            .send()
+                    .header(CONTENT_LENGTH, 0)
+            })
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         match response.status() {
             StatusCode::CREATED => Ok(true),
             StatusCode::ACCEPTED => {
                 if let Ok(location) = self.location(&response) {
-                    let _ = self.authorize(self.client.delete(location)).send().await;
+                    let _ = self.send(|| self.client.delete(&location)).await;
                 }
                 Ok(false)
             }
@@ -141,26 +138,14 @@ impl Registry {
         let mut offset = 0u64;
         let mut location = self.start_upload(repository, digest).await?;
         let fail = self.fail(format!("uploading {digest} to {repository}"));
-        loop {
+        // An empty blob is sent by the final PUT alone (a PATCH of no bytes has no range).
+        while offset < size {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
             }
             let len = UPLOAD_CHUNK.min(size - offset);
-            if len == 0 && offset > 0 {
-                break;
-            }
-            let mut reader = tokio::fs::File::open(file)
-                .await
-                .map_err(Error::io("reading", file))?;
-            reader
-                .seek(std::io::SeekFrom::Start(offset))
-                .await
-                .map_err(Error::io("reading", file))?;
-            let chunk = reader.take(len);
-            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-                chunk,
-                1 << 20,
-            ));
+            // A body made anew for each attempt (a refused token means sending it again).
+            let body = || file_chunk(file, offset, len);
             location = self
                 .patch(&location, offset, len, body)
                 .await
@@ -172,9 +157,6 @@ impl Registry {
                 current: offset,
                 total: size,
             });
-            if offset >= size {
-                break;
-            }
         }
         self.finish_upload(&location, digest, repository).await
     }
@@ -192,13 +174,12 @@ impl Registry {
     ) -> Result<()> {
         let read_fail = source.fail(format!("reading {digest} from {from}"));
         let response = source
-            .authorize(
+            .send(|| {
                 source
                     .client
-                    .get(source.url(&format!("/v2/{from}/blobs/{digest}"))),
-            )
-            .timeout(Duration::from_secs(3600))
-            .send()
+                    .get(source.url(&format!("/v2/{from}/blobs/{digest}")))
+                    .timeout(Duration::from_secs(3600))
+            })
             .await
             .map_err(|e| read_fail(error_chain(&e)))?;
         if !response.status().is_success() {
@@ -222,9 +203,11 @@ impl Registry {
             }
             if pending.len() as u64 >= UPLOAD_CHUNK / 4 || (next.is_none() && !pending.is_empty()) {
                 let len = pending.len() as u64;
-                let body = reqwest::Body::from(std::mem::take(&mut pending));
+                let chunk = Bytes::from(std::mem::take(&mut pending));
                 location = self
-                    .patch(&location, offset, len, body)
+                    .patch(&location, offset, len, || {
+                        reqwest::Body::from(chunk.clone())
+                    })
                     .await
                     .map_err(&fail)?;
                 offset += len;
@@ -249,12 +232,11 @@ impl Registry {
     async fn start_upload(&self, repository: &str, digest: &str) -> Result<String> {
         let fail = self.fail(format!("starting an upload of {digest} to {repository}"));
         let response = self
-            .authorize(
+            .send(|| {
                 self.client
                     .post(self.url(&format!("/v2/{repository}/blobs/uploads/")))
-                    .header(CONTENT_LENGTH, 0),
-            )
-            .send()
+                    .header(CONTENT_LENGTH, 0)
+            })
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         match response.status() {
@@ -272,17 +254,19 @@ impl Registry {
         location: &str,
         offset: u64,
         len: u64,
-        body: reqwest::Body,
+        body: impl Fn() -> reqwest::Body,
     ) -> Result<String, String> {
         let end = (offset + len).saturating_sub(1);
         let response = self
-            .authorize(self.client.patch(location))
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_RANGE, format!("{offset}-{end}"))
-            .header(CONTENT_LENGTH, len)
-            .timeout(CHUNK_TIMEOUT)
-            .body(body)
-            .send()
+            .send(|| {
+                self.client
+                    .patch(location)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_RANGE, format!("{offset}-{end}"))
+                    .header(CONTENT_LENGTH, len)
+                    .timeout(CHUNK_TIMEOUT)
+                    .body(body())
+            })
             .await
             .map_err(|e| error_chain(&e))?;
         if response.status() != StatusCode::ACCEPTED {
@@ -298,12 +282,11 @@ impl Registry {
         let fail = self.fail(format!("finishing the upload of {digest} to {repository}"));
         let separator = if location.contains('?') { '&' } else { '?' };
         let response = self
-            .authorize(
+            .send(|| {
                 self.client
                     .put(format!("{location}{separator}digest={digest}"))
-                    .header(CONTENT_LENGTH, 0),
-            )
-            .send()
+                    .header(CONTENT_LENGTH, 0)
+            })
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         match response.status() {
@@ -325,15 +308,15 @@ impl Registry {
         bytes: Vec<u8>,
     ) -> Result<String> {
         let digest = sha256(&bytes);
+        let body = Bytes::from(bytes);
         let fail = self.fail(format!("storing the manifest {repository}:{reference}"));
         let response = self
-            .authorize(
+            .send(|| {
                 self.client
                     .put(self.url(&format!("/v2/{repository}/manifests/{reference}")))
                     .header(CONTENT_TYPE, media_type)
-                    .body(bytes),
-            )
-            .send()
+                    .body(body.clone())
+            })
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         if response.status() != StatusCode::CREATED {
@@ -363,12 +346,11 @@ impl Registry {
     ) -> Result<Option<Manifest>> {
         let fail = self.fail(format!("reading the manifest {repository}:{reference}"));
         let response = self
-            .authorize(
+            .send(|| {
                 self.client
                     .get(self.url(&format!("/v2/{repository}/manifests/{reference}")))
-                    .header(ACCEPT, MANIFEST_TYPES),
-            )
-            .send()
+                    .header(ACCEPT, MANIFEST_TYPES)
+            })
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         match response.status() {
@@ -406,11 +388,10 @@ impl Registry {
     pub async fn get_blob(&self, repository: &str, digest: &str) -> Result<Bytes> {
         let fail = self.fail(format!("reading {digest} from {repository}"));
         let response = self
-            .authorize(
+            .send(|| {
                 self.client
-                    .get(self.url(&format!("/v2/{repository}/blobs/{digest}"))),
-            )
-            .send()
+                    .get(self.url(&format!("/v2/{repository}/blobs/{digest}")))
+            })
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         if !response.status().is_success() {
@@ -422,6 +403,27 @@ impl Registry {
             return Err(fail(format!("it served a blob with digest {got}")));
         }
         Ok(bytes)
+    }
+}
+
+/// `len` bytes of `file` from `offset`, streamed (a failure to read ends the body
+/// with that error, and the PATCH with it).
+fn file_chunk(file: &Path, offset: u64, len: u64) -> reqwest::Body {
+    use std::io::Seek;
+    let opened = std::fs::File::open(file).and_then(|mut f| {
+        f.seek(std::io::SeekFrom::Start(offset))?;
+        Ok(f)
+    });
+    match opened {
+        Ok(f) => {
+            let chunk = tokio::fs::File::from_std(f).take(len);
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(chunk, 1 << 20))
+        }
+        Err(e) => {
+            reqwest::Body::wrap_stream(futures_util::stream::once(
+                async move { Err::<Bytes, _>(e) },
+            ))
+        }
     }
 }
 

@@ -25,7 +25,17 @@ application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+j
 enum Auth {
     Anonymous,
     Basic(String, String),
-    Bearer(String),
+    Bearer(std::sync::Arc<Token>),
+}
+
+/// A bearer token and what fetches the next one: tokens live minutes (Docker
+/// Hub's five), and a push after a long make outlives the preflight's.
+struct Token {
+    current: std::sync::RwLock<String>,
+    realm: String,
+    service: Option<String>,
+    scope: String,
+    credentials: Credentials,
 }
 
 /// What a connection is for: the token asked for (token auth) is scoped to it.
@@ -163,7 +173,13 @@ impl Registry {
                 .token(&realm, service.as_deref(), &scope, creds)
                 .await
                 .map_err(&rejected)?;
-            registry.auth = Auth::Bearer(token);
+            registry.auth = Auth::Bearer(std::sync::Arc::new(Token {
+                current: std::sync::RwLock::new(token),
+                realm,
+                service,
+                scope,
+                credentials: creds.clone(),
+            }));
         } else {
             return Err(rejected(format!(
                 "unsupported authentication challenge `{challenge}`"
@@ -226,7 +242,37 @@ impl Registry {
         match &self.auth {
             Auth::Anonymous => request,
             Auth::Basic(u, p) => request.basic_auth(u, Some(p)),
-            Auth::Bearer(t) => request.bearer_auth(t),
+            Auth::Bearer(t) => {
+                let token = t.current.read().map(|t| t.clone()).unwrap_or_default();
+                request.bearer_auth(token)
+            }
+        }
+    }
+
+    /// Send what `make` builds, with our credentials; when a bearer token was
+    /// refused (expired), fetch a new one and send once more.
+    pub(crate) async fn send(
+        &self,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> reqwest::Result<reqwest::Response> {
+        let response = self.authorize(make()).send().await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let Auth::Bearer(t) = &self.auth else {
+            return Ok(response);
+        };
+        match self
+            .token(&t.realm, t.service.as_deref(), &t.scope, &t.credentials)
+            .await
+        {
+            Ok(fresh) => {
+                if let Ok(mut current) = t.current.write() {
+                    *current = fresh;
+                }
+                self.authorize(make()).send().await
+            }
+            Err(_) => Ok(response),
         }
     }
 
@@ -242,8 +288,7 @@ impl Registry {
             reason,
         };
         let response = self
-            .authorize(self.client.head(&url).header(ACCEPT, MANIFEST_TYPES))
-            .send()
+            .send(|| self.client.head(&url).header(ACCEPT, MANIFEST_TYPES))
             .await
             .map_err(|e| fail(error_chain(&e)))?;
         match response.status() {
