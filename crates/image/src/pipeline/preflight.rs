@@ -75,23 +75,10 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
 
     let engine = match spec.builder {
         Builder::Engine => {
-            if spec.platforms.len() > 1 {
-                let dockerfile = spec
-                    .source
-                    .dir
-                    .join(context::CONTEXT_DIR)
-                    .join("Dockerfile");
-                let base = match &spec.base_image {
-                    Some(base) => Some(base.clone()),
-                    None => std::fs::read_to_string(&dockerfile)
-                        .ok()
-                        .and_then(|text| context::final_from(&text)),
-                };
-                if let Some(base) = base.filter(|b| b != "scratch") {
-                    return Err(Error::Usage(format!(
-                        "--platforms with --builder engine needs a scratch base, and the Dockerfile's is {base} (the engine keeps one local image per base name); use --builder oci, which reads the base's image per platform"
-                    )));
-                }
+            if spec.platforms.len() > 1
+                && let Some(base) = spec.base_image.as_deref().filter(|b| *b != "scratch")
+            {
+                return Err(engine_platforms_need_scratch(base));
             }
             let engine = Engine::connect(Endpoint::from_env()?).await?;
             events.note(format!(
@@ -101,30 +88,6 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
             Some(engine)
         }
         Builder::Oci => {
-            // What can be read of the Dockerfile now is refused now, before a clone or make.
-            let dockerfile = spec
-                .source
-                .dir
-                .join(context::CONTEXT_DIR)
-                .join("Dockerfile");
-            if let Ok(text) = std::fs::read_to_string(&dockerfile) {
-                let text = match &spec.base_image {
-                    Some(base) => context::rewrite_from(&text, base)?.0,
-                    None => text,
-                };
-                let platforms = match (&spec.platforms[..], &platform) {
-                    ([], Some(one)) => vec![Platform::parse(one).map_err(Error::Usage)?],
-                    ([], None) => vec![Platform::host()],
-                    (many, _) => many.to_vec(),
-                };
-                for platform in &platforms {
-                    let scope = crate::oci::dockerfile::Scope {
-                        platform,
-                        base_env: &[],
-                    };
-                    crate::oci::dockerfile::parse(&text, scope)?;
-                }
-            }
             events.note(format!(
                 "building in this process (--builder oci), layers {}-compressed",
                 spec.compression
@@ -182,6 +145,8 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         Some(resolved)
     };
 
+    dockerfile_check(spec, platform.as_deref(), &local, action, resolved.as_ref())?;
+
     let plan = Plan {
         image: spec.image.to_string(),
         builder: spec.builder,
@@ -230,6 +195,69 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         _lock: lock,
         _checkout_lock: checkout_lock,
     })
+}
+
+fn engine_platforms_need_scratch(base: &str) -> Error {
+    Error::Usage(format!(
+        "--platforms with --builder engine needs a scratch base, and the Dockerfile's is {base} (the engine keeps one local image per base name); use --builder oci, which reads the base's image per platform"
+    ))
+}
+
+/// What the Dockerfile that will be built says, refused now (before a clone,
+/// an update or make) when it is already on disk: the checkout is built as it is,
+/// or it is already at the commit the remote names.
+fn dockerfile_check(
+    spec: &Spec,
+    platform: Option<&str>,
+    local: &Local,
+    action: SourceAction,
+    resolved: Option<&crate::source::Resolved>,
+) -> Result<()> {
+    let head = match local {
+        Local::Checkout { head, .. } => head.map(|h| h.to_string()),
+        Local::Absent => None,
+    };
+    let current = action == SourceAction::AsIs
+        || (action == SourceAction::Update
+            && head.is_some()
+            && resolved.and_then(|r| r.commit.clone()) == head);
+    let dockerfile = spec
+        .source
+        .dir
+        .join(context::CONTEXT_DIR)
+        .join("Dockerfile");
+    let text = match std::fs::read_to_string(&dockerfile) {
+        Ok(text) if current => text,
+        _ => return Ok(()),
+    };
+    let text = match &spec.base_image {
+        Some(base) => context::rewrite_from(&text, base)?.0,
+        None => text,
+    };
+    match spec.builder {
+        Builder::Engine => {
+            if spec.platforms.len() > 1
+                && let Some(base) = context::final_from(&text).filter(|b| b != "scratch")
+            {
+                return Err(engine_platforms_need_scratch(&base));
+            }
+        }
+        Builder::Oci => {
+            let platforms = match (&spec.platforms[..], platform) {
+                ([], Some(one)) => vec![Platform::parse(one).map_err(Error::Usage)?],
+                ([], None) => vec![Platform::host()],
+                (many, _) => many.to_vec(),
+            };
+            for platform in &platforms {
+                let scope = crate::oci::dockerfile::Scope {
+                    platform,
+                    base_env: &[],
+                };
+                crate::oci::dockerfile::parse(&text, scope)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The choices that only one builder can carry out, refused for the other.
