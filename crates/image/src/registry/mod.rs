@@ -355,6 +355,104 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    /// A registry with token auth whose tokens the test can expire: `/token`
+    /// issues `t1`, `t2`, ... (each one the only valid one).
+    struct TokenRegistry {
+        addr: std::net::SocketAddr,
+        valid: std::sync::Arc<std::sync::Mutex<String>>,
+        issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    async fn token_registry() -> TokenRegistry {
+        use hyper::body::Incoming;
+        use hyper_util::rt::TokioIo;
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let valid = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (v, n) = (valid.clone(), issued.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (v, n) = (v.clone(), n.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<Incoming>| {
+                            let (v, n) = (v.clone(), n.clone());
+                            async move {
+                                let bearer = req
+                                    .headers()
+                                    .get("authorization")
+                                    .and_then(|h| h.to_str().ok())
+                                    .and_then(|h| h.strip_prefix("Bearer "))
+                                    .map(str::to_owned);
+                                let ok = bearer.is_some_and(|b| *v.lock().unwrap() == b);
+                                let response = if req.uri().path() == "/token" {
+                                    let token =
+                                        format!("t{}", n.fetch_add(1, Ordering::SeqCst) + 1);
+                                    *v.lock().unwrap() = token.clone();
+                                    hyper::Response::new(format!("{{\"token\":\"{token}\"}}"))
+                                } else if ok {
+                                    hyper::Response::builder()
+                                        .header("docker-content-digest", "sha256:aa")
+                                        .body(String::new())
+                                        .unwrap()
+                                } else {
+                                    hyper::Response::builder()
+                                    .status(401)
+                                    .header(
+                                        "www-authenticate",
+                                        format!("Bearer realm=\"http://{addr}/token\",service=\"test\""),
+                                    )
+                                    .body(String::new())
+                                    .unwrap()
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    response.map(|b| http_body_util::Full::new(Bytes::from(b))),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TokenRegistry {
+            addr,
+            valid,
+            issued,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_bearer_token_is_fetched_again_and_the_request_sent_again() {
+        use std::sync::atomic::Ordering;
+        let server = token_registry().await;
+        let image = ImageRef::parse(&format!("{}/kubemark:v1", server.addr)).unwrap();
+        let creds = Credentials::password("user", "secret");
+        let registry = Registry::connect(&image, Some(&creds), true, Access::Push)
+            .await
+            .unwrap();
+        assert_eq!(server.issued.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            registry.manifest_digest(&image).await.unwrap().as_deref(),
+            Some("sha256:aa")
+        );
+        // The token expires (as after a long make): one refusal, a new token, the same answer.
+        *server.valid.lock().unwrap() = "expired".into();
+        assert_eq!(
+            registry.manifest_digest(&image).await.unwrap().as_deref(),
+            Some("sha256:aa")
+        );
+        assert_eq!(server.issued.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn challenges_parse() {
