@@ -10,32 +10,8 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use support::{
-    Args, Env, Fixture, GitDaemon, GitHttps, GitSsh, Registry, SshAgent, docker, sh, sha256_hex,
+    Args, Env, Fixture, GitHttps, GitSsh, Registry, SshAgent, Upstream, docker, sh, sha256_hex,
 };
-
-/// One fixture repository served by git daemon.
-struct Upstream {
-    fixture: Fixture,
-    daemon: GitDaemon,
-    _dir: tempfile::TempDir,
-}
-
-impl Upstream {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let fixture = Fixture::create(dir.path(), "kubernetes").unwrap();
-        let daemon = GitDaemon::start(dir.path()).unwrap();
-        Self {
-            fixture,
-            daemon,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        self.daemon.url("kubernetes")
-    }
-}
 
 fn git_status(dir: &Path) -> String {
     sh("git", &["status", "--porcelain", "--ignored=no"], Some(dir))

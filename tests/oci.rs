@@ -8,30 +8,7 @@
 
 mod support;
 
-use support::{Args, Env, Fixture, GitDaemon, Registry, docker, sha256_hex};
-
-struct Upstream {
-    fixture: Fixture,
-    daemon: GitDaemon,
-    _dir: tempfile::TempDir,
-}
-
-impl Upstream {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let fixture = Fixture::create(dir.path(), "kubernetes").unwrap();
-        let daemon = GitDaemon::start(dir.path()).unwrap();
-        Self {
-            fixture,
-            daemon,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        self.daemon.url("kubernetes")
-    }
-}
+use support::{Args, Env, Registry, Upstream, docker, sha256_hex};
 
 /// An environment in which no Docker engine answers.
 fn without_engine() -> Env {

@@ -17,6 +17,36 @@ use sha2::{Digest, Sha256};
 #[allow(unused_imports)]
 pub use kubemark_testbed::{Fixture, GitDaemon, GitHttps, GitSsh, SshAgent};
 
+/// One fixture "kubernetes" repository served by git daemon.
+pub struct Upstream {
+    pub fixture: Fixture,
+    pub daemon: GitDaemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Upstream {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = Fixture::create(dir.path(), "kubernetes").unwrap();
+        let daemon = GitDaemon::start(dir.path()).unwrap();
+        Self {
+            fixture,
+            daemon,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.daemon.url("kubernetes")
+    }
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     kubemark_testbed::free_port().unwrap()

@@ -63,26 +63,26 @@ impl Registry {
         })
     }
 
-    /// The digest the registry serves for `repository:tag` (read with curl), if any.
+    /// `curl -sS <flags> http://<addr><path>` with the registry's credentials.
+    fn curl(&self, flags: &[&str], path: &str) -> io::Result<std::process::Output> {
+        let mut command = Command::new("curl");
+        command.arg("-sS").args(flags);
+        if let Some((u, p)) = &self.auth {
+            command.arg("-u").arg(format!("{u}:{p}"));
+        }
+        command.arg(format!("http://{}{path}", self.addr)).output()
+    }
+
     /// The manifest (or index) `reference` of `repository` as served: its JSON, or `None`.
     pub fn manifest(
         &self,
         repository: &str,
         reference: &str,
     ) -> io::Result<Option<serde_json::Value>> {
-        let url = format!("http://{}/v2/{repository}/manifests/{reference}", self.addr);
-        let mut args = vec![
-            "-sS".to_owned(),
-            "-f".to_owned(),
-            "-H".to_owned(),
-            ACCEPT.to_owned(),
-        ];
-        if let Some((u, p)) = &self.auth {
-            args.push("-u".into());
-            args.push(format!("{u}:{p}"));
-        }
-        args.push(url);
-        let output = Command::new("curl").args(&args).output()?;
+        let output = self.curl(
+            &["-f", "-H", ACCEPT],
+            &format!("/v2/{repository}/manifests/{reference}"),
+        )?;
         if !output.status.success() {
             return Ok(None);
         }
@@ -94,13 +94,7 @@ impl Registry {
     /// The repositories the registry holds (`/v2/_catalog`); an error when it does
     /// not answer, so that "nothing was pushed" is never read from a dead registry.
     pub fn repositories(&self) -> io::Result<Vec<String>> {
-        let mut args = vec!["-sS".to_owned(), "-f".to_owned()];
-        if let Some((u, p)) = &self.auth {
-            args.push("-u".into());
-            args.push(format!("{u}:{p}"));
-        }
-        args.push(format!("http://{}/v2/_catalog", self.addr));
-        let output = Command::new("curl").args(&args).output()?;
+        let output = self.curl(&["-f"], "/v2/_catalog")?;
         if !output.status.success() {
             return Err(io::Error::other(format!(
                 "the registry did not answer /v2/_catalog: {}",
@@ -117,21 +111,13 @@ impl Registry {
             .collect())
     }
 
-    /// The digest the tag names, asked as the engine asks (every manifest type).
+    /// The digest the tag names (read with curl, asked as the engine asks: every
+    /// manifest type), if any.
     pub fn digest(&self, repository: &str, tag: &str) -> io::Result<Option<String>> {
-        let url = format!("http://{}/v2/{repository}/manifests/{tag}", self.addr);
-        let mut args = vec![
-            "-sS".to_owned(),
-            "-I".to_owned(),
-            "-H".to_owned(),
-            ACCEPT.to_owned(),
-        ];
-        if let Some((u, p)) = &self.auth {
-            args.push("-u".into());
-            args.push(format!("{u}:{p}"));
-        }
-        args.push(url);
-        let output = Command::new("curl").args(&args).output()?;
+        let output = self.curl(
+            &["-I", "-H", ACCEPT],
+            &format!("/v2/{repository}/manifests/{tag}"),
+        )?;
         let head = String::from_utf8_lossy(&output.stdout).to_string();
         if !head.starts_with("HTTP/1.1 200") {
             return Ok(None);

@@ -36,6 +36,35 @@ impl Side {
     fn peak_rss(&self) -> f64 {
         self.rss_mib.iter().copied().fold(0.0, f64::max)
     }
+
+    /// One `xtask image --builder <builder>` run (with `extra` flags) of the binary
+    /// `bin`, its wall time, image + push stages and peak RSS recorded.
+    #[allow(clippy::too_many_arguments)]
+    fn record_run(
+        &mut self,
+        extra: &[&str],
+        builder: &str,
+        tag: &str,
+        registry: &Registry,
+        src: &Path,
+        state: &Path,
+        bin: &Path,
+    ) -> Result<(), Failure> {
+        let mut args = vec!["image", "--builder", builder, "--tag", tag];
+        args.extend(["--registry", &registry.addr]);
+        args.extend(["--source-dir", src.to_str().unwrap_or_default()]);
+        args.extend(["--state-dir", state.to_str().unwrap_or_default()]);
+        args.extend_from_slice(extra);
+        let (wall, kib, stderr) = xtask(
+            &args,
+            &[("KUBEMARK_FIXTURE_BINARY", bin.to_str().unwrap_or_default())],
+        )?;
+        self.wall.push(wall);
+        self.build_push
+            .push(stage_seconds(&stderr, "image") + stage_seconds(&stderr, "push"));
+        self.rss_mib.push(kib as f64 / 1024.0);
+        Ok(())
+    }
 }
 
 const SIDES: [&str; 3] = ["oci", "engine", "cli"];
@@ -65,16 +94,11 @@ pub(super) fn build_push(
         None,
     )
     .map_err(failed("cloning the fixture"))?;
-    let mut rng = XorShift(unix_now() ^ 0x7075_7368);
-    let mut binary = vec![0u8; bench.binary_mib << 20];
     let mut sides: [Side; 3] = Default::default();
     let mut images = Vec::new();
-    for i in 0..bench.runs {
-        for k in 0..3 {
-            let which = (i + k) % 3;
-            rng.fill(&mut binary);
-            let bin = work.join("bin");
-            std::fs::write(&bin, &binary)?;
+    let bin = work.join("bin");
+    turns(bench, 0x7075_7368, &bin, |i, which| {
+        {
             let side = &mut sides[which];
             let tag = format!("{}-{i}", SIDES[which]);
             let image = format!("{}/kubemark:{tag}", registry.addr);
@@ -102,32 +126,20 @@ pub(super) fn build_push(
                 let _ = std::fs::remove_dir_all(ctx);
             } else {
                 let state = work.join(format!("state-{}", SIDES[which]));
-                let (wall, kib, stderr) = xtask(
-                    &[
-                        "image",
-                        "--no-update",
-                        "--builder",
-                        SIDES[which],
-                        "--tag",
-                        &tag,
-                        "--registry",
-                        &registry.addr,
-                        "--source-dir",
-                        src.to_str().unwrap_or_default(),
-                        "--state-dir",
-                        state.to_str().unwrap_or_default(),
-                    ],
-                    &[("KUBEMARK_FIXTURE_BINARY", bin.to_str().unwrap_or_default())],
+                side.record_run(
+                    &["--no-update"],
+                    SIDES[which],
+                    &tag,
+                    registry,
+                    &src,
+                    &state,
+                    &bin,
                 )?;
-                side.wall.push(wall);
-                side.build_push
-                    .push(stage_seconds(&stderr, "image") + stage_seconds(&stderr, "push"));
-                side.rss_mib.push(kib as f64 / 1024.0);
-                let _ = std::fs::remove_file(bin);
             }
             images.push(image);
         }
-    }
+        Ok(())
+    })?;
     remove_images(&images);
     let [oci, engine, cli] = &sides;
     let ratio = oci.build_push() / cli.build_push();
@@ -168,16 +180,11 @@ pub(super) fn pipeline(
     let (_daemon, url) = large_repo(bench, work)?;
     let out = work.join(format!("pipeline-{}", std::process::id()));
     std::fs::create_dir_all(&out)?;
-    let mut rng = XorShift(unix_now() ^ 0x7069_7065);
-    let mut binary = vec![0u8; bench.binary_mib << 20];
     let mut sides: [Side; 3] = Default::default();
     let mut images = Vec::new();
-    for i in 0..bench.runs {
-        for k in 0..3 {
-            let which = (i + k) % 3;
-            rng.fill(&mut binary);
-            let bin = out.join("bin");
-            std::fs::write(&bin, &binary)?;
+    let bin = out.join("bin");
+    turns(bench, 0x7069_7065, &bin, |i, which| {
+        {
             let src = out.join(format!("{}-{i}", SIDES[which]));
             let tag = format!("pipe-{}-{i}", SIDES[which]);
             let image = format!("{}/kubemark:{tag}", registry.addr);
@@ -223,32 +230,20 @@ pub(super) fn pipeline(
                 side.wall.push(started.elapsed().as_secs_f64());
             } else {
                 let state = out.join(format!("state-{}-{i}", SIDES[which]));
-                let (wall, kib, stderr) = xtask(
-                    &[
-                        "image",
-                        "--builder",
-                        SIDES[which],
-                        "--tag",
-                        &tag,
-                        "--registry",
-                        &registry.addr,
-                        "--kubernetes-repo",
-                        &url,
-                        "--source-dir",
-                        src.to_str().unwrap_or_default(),
-                        "--state-dir",
-                        state.to_str().unwrap_or_default(),
-                    ],
-                    &[("KUBEMARK_FIXTURE_BINARY", bin.to_str().unwrap_or_default())],
+                side.record_run(
+                    &["--kubernetes-repo", &url],
+                    SIDES[which],
+                    &tag,
+                    registry,
+                    &src,
+                    &state,
+                    &bin,
                 )?;
-                side.wall.push(wall);
-                side.build_push
-                    .push(stage_seconds(&stderr, "image") + stage_seconds(&stderr, "push"));
-                side.rss_mib.push(kib as f64 / 1024.0);
             }
             images.push(image);
         }
-    }
+        Ok(())
+    })?;
     remove_images(&images);
     let _ = std::fs::remove_dir_all(&out);
     std::fs::write(work.join("removed-at"), unix_now().to_string())?;
@@ -272,6 +267,26 @@ pub(super) fn pipeline(
             engine.peak_rss()
         ),
     ])
+}
+
+/// `bench.runs` rounds of the three sides, their order turning each round; before
+/// each turn a fresh incompressible binary at `bin`, so no side finds a layer cached.
+fn turns(
+    bench: &ImageBench,
+    seed: u64,
+    bin: &Path,
+    mut turn: impl FnMut(usize, usize) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let mut rng = XorShift(unix_now() ^ seed);
+    let mut binary = vec![0u8; bench.binary_mib << 20];
+    for i in 0..bench.runs {
+        for k in 0..3 {
+            rng.fill(&mut binary);
+            std::fs::write(bin, &binary)?;
+            turn(i, (i + k) % 3)?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_images(images: &[String]) {
