@@ -580,36 +580,49 @@ fn engine_build_errors_are_reported_with_their_step() {
 }
 
 #[test]
-fn ctrl_c_stops_the_run_with_130_and_records_nothing() {
+fn ctrl_c_or_sigterm_stops_the_run_with_130_kills_make_and_records_nothing() {
     let upstream = Upstream::new();
     upstream.fixture.write(
         "Makefile",
-        "all:\n\t@echo building slowly\n\tsleep 60\n\tmkdir -p _output/bin && cp /bin/true _output/bin/kubemark\n",
+        "all:\n\t@echo building slowly\n\tsleep 60 # kubemark-test-slow-make\n\tmkdir -p _output/bin && cp /bin/true _output/bin/kubemark\n",
     )
     .unwrap();
     upstream.fixture.commit("a slow build").unwrap();
-    let env = Env::new();
-    let src = env.path("k");
-    let mut child = env.spawn(&build_unnamed(&upstream.url(), &src));
-    let (make_started, reader) = support::watch_stderr(&mut child, "==> make");
-    make_started
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("make starts");
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let started = std::time::Instant::now();
-    support::interrupt(&child);
-    let status = child.wait().unwrap();
-    let seen = reader.join().unwrap();
-    assert_eq!(status.code(), Some(130), "{seen}");
-    assert!(seen.contains("interrupted: stopping"), "{seen}");
-    assert!(seen.contains("error: cancelled"), "{seen}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(20),
-        "make was stopped, not waited for"
-    );
-    assert!(!env.has_record());
-    // The checkout is complete and clean: the next run picks up from there.
-    assert_eq!(git_status(&src), "");
+    // SIGTERM is what a cancelled CI job or `timeout` sends: the same stop as Ctrl-C.
+    for signal in ["-INT", "-TERM"] {
+        let env = Env::new();
+        let src = env.path("k");
+        let mut child = env.spawn(&build_unnamed(&upstream.url(), &src));
+        let (make_started, reader) = support::watch_stderr(&mut child, "==> make");
+        make_started
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("make starts");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        sh("kill", &[signal, &child.id().to_string()], None);
+        let status = child.wait().unwrap();
+        let seen = reader.join().unwrap();
+        assert_eq!(status.code(), Some(130), "{signal}: {seen}");
+        assert!(seen.contains("interrupted: stopping"), "{seen}");
+        assert!(seen.contains("error: cancelled"), "{seen}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "make was stopped, not waited for"
+        );
+        // No make left behind to race the next run on _output.
+        let left = std::process::Command::new("pgrep")
+            .args(["-f", "kubemark-test-slow-make"])
+            .output()
+            .unwrap();
+        assert!(
+            left.stdout.is_empty(),
+            "{signal}: make still runs: {:?}",
+            left
+        );
+        assert!(!env.has_record());
+        // The checkout is complete and clean: the next run picks up from there.
+        assert_eq!(git_status(&src), "");
+    }
 }
 
 #[test]

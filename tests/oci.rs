@@ -256,6 +256,36 @@ fn what_the_oci_builder_cannot_do_is_refused_naming_it_and_nothing_is_pushed() {
     assert!(registry.digest("kubemark", "v2").is_some());
     assert_eq!(registry.digest("kubemark", "v1"), None);
 
+    // What the preflight can read is refused before a clone: a base that is not
+    // there, a state folder's `oci` the tool did not make, a platform Go has not.
+    let fresh = without_engine();
+    let oci = |tag: &str| {
+        Args::image(&registry.addr, tag, upstream.url(), &fresh.path("k")).opt("--builder", "oci")
+    };
+    fresh
+        .xtask(
+            &oci("v3")
+                .opt("--base-image", format!("{}/base:missing", registry.addr))
+                .flags(&["--dry-run"]),
+        )
+        .assert_code(2)
+        .stderr_has(&["base:missing", "does not serve it"]);
+    std::fs::create_dir_all(fresh.state().join("oci")).unwrap();
+    std::fs::write(fresh.state().join("oci/mine"), "a user's file").unwrap();
+    fresh
+        .xtask(&oci("v3"))
+        .assert_code(2)
+        .stderr_has(&["this tool did not make it"]);
+    assert_eq!(
+        std::fs::read_to_string(fresh.state().join("oci/mine")).unwrap(),
+        "a user's file"
+    );
+    fresh
+        .xtask(&oci("v3").opt("--platforms", "linux/ARM64"))
+        .assert_code(2)
+        .stderr_has(&["kubemark images are built for linux on"]);
+    assert!(!fresh.path("k").exists(), "nothing was cloned");
+
     // Choices only the other builder makes are refused up front.
     let engine_env = Env::new();
     engine_env

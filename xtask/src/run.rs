@@ -43,7 +43,7 @@ pub enum Threads {
     All,
 }
 
-/// Run `work`; the first Ctrl-C cancels it (exit 130), a second quits at once.
+/// Run `work`; the first Ctrl-C (or SIGTERM, SIGHUP) cancels it (exit 130), a second quits at once.
 pub fn with_interrupt<'a, T>(
     renderer: &Renderer,
     threads: Threads,
@@ -59,14 +59,32 @@ pub fn with_interrupt<'a, T>(
         let watcher = {
             let (cancel, renderer) = (cancel.clone(), renderer.clone());
             tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
+                // SIGTERM (a CI job cancelled, `timeout`) and SIGHUP (the terminal
+                // closed) stop the run as Ctrl-C does: make's process group is
+                // killed, partial files removed, the locks let go.
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut term), Ok(mut hup)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
+                ) else {
+                    return;
+                };
+                let first = tokio::select! {
+                    r = tokio::signal::ctrl_c() => r.is_ok(),
+                    _ = term.recv() => true,
+                    _ = hup.recv() => true,
+                };
+                if first {
                     cancel.cancel();
                     renderer.line(
                         "interrupted: stopping at the next safe point (Ctrl-C again to quit now)",
                     );
-                    if tokio::signal::ctrl_c().await.is_ok() {
-                        std::process::exit(i32::from(report::INTERRUPTED));
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                        _ = hup.recv() => {}
                     }
+                    std::process::exit(i32::from(report::INTERRUPTED));
                 }
             })
         };

@@ -245,6 +245,19 @@ fn spec(args: Args, global: &Global) -> Result<(Spec, bool), Failure> {
                 ),
             )
         })?;
+        const ARCHES: [&str; 8] = [
+            "amd64", "arm64", "arm", "ppc64le", "s390x", "386", "riscv64", "loong64",
+        ];
+        if platform.os != "linux" || !ARCHES.contains(&platform.architecture.as_str()) {
+            return Err(Failure::usage(
+                format!(
+                    "{} `{text}`: kubemark images are built for linux on {}",
+                    given.origin("platforms", "KUBEMARK_PLATFORMS"),
+                    ARCHES.join(", ")
+                ),
+                "name platforms as Go does, in lower case: e.g. linux/amd64,linux/arm64",
+            ));
+        }
         if platform.variant.is_some() {
             return Err(Failure::usage(
                 format!(
@@ -355,6 +368,10 @@ fn failure(e: Error, spec: &Spec, given: &Given) -> Failure {
                 .into(),
         ),
         Error::Engine { .. } => Some("see the engine's log (`journalctl -u docker`)".into()),
+        Error::RegistryUnreachable { .. } if spec.builder == Builder::Oci => Some(format!(
+            "check that the registry at {registry} runs and that --registry is right; for a registry served over \
+             plain HTTP that is not on this machine, pass --insecure-registry"
+        )),
         Error::RegistryUnreachable { .. } => Some(format!(
             "check that the registry at {registry} runs and that --registry is right; a registry served over plain \
              HTTP must be in the engine's insecure-registries (loopback addresses are)"
@@ -454,6 +471,9 @@ fn failure(e: Error, spec: &Spec, given: &Given) -> Failure {
             "is --source-dir a kubernetes checkout? The kubemark Dockerfile is in cluster/images/kubemark/".into(),
         ),
         Error::BaseImage { .. } => Some("give --base-image an image reference, e.g. 127.0.0.1:5000/go-runner:v2".into()),
+        Error::BuildFailed { .. } if spec.builder == Builder::Oci => Some(
+            "change the Dockerfile, or build with --builder engine, which carries out every instruction".into(),
+        ),
         Error::BuildFailed { .. } => Some(
             "the engine's message is above; the base image must exist locally or be pullable (see --base-image)"
                 .into(),

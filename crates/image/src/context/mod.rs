@@ -112,6 +112,11 @@ impl Context {
         }
         let original = std::fs::read_to_string(&dockerfile_path)
             .map_err(Error::io("reading", &dockerfile_path))?;
+        // A byte-order mark, as some editors write: the engine reads past it.
+        let original = original
+            .strip_prefix('\u{feff}')
+            .map(str::to_owned)
+            .unwrap_or(original);
         let (dockerfile, base) = match base_image {
             Some(image) => rewrite_from(&original, image)?,
             None => {
@@ -256,7 +261,7 @@ struct ChannelWriter {
 impl ChannelWriter {
     fn send(&mut self) -> io::Result<()> {
         if self.cancel.is_cancelled() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+            return Err(crate::oci::layer::cancelled());
         }
         let chunk = self.buf.split().freeze();
         self.sent += chunk.len() as u64;
@@ -430,6 +435,28 @@ mod tests {
         std::fs::write(&bin, vec![8u8; 10]).unwrap();
         let changed = Context::prepare(dir.path(), &bin, Some("scratch")).unwrap();
         assert_ne!(changed.digest, c.digest);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_while_streaming_ends_the_stream_with_an_error() {
+        use futures_util::StreamExt;
+        let binary = vec![3u8; 8 * CHUNK];
+        let (dir, _, bin) = checkout("FROM scratch\nCOPY kubemark /kubemark\n", &binary);
+        let c = std::sync::Arc::new(Context::prepare(dir.path(), &bin, None).unwrap());
+        let cancel = CancellationToken::new();
+        let mut stream = std::pin::pin!(c.stream(Events::discard(), cancel.clone()));
+        assert!(stream.next().await.unwrap().is_ok());
+        cancel.cancel();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut failed = false;
+            while let Some(chunk) = stream.next().await {
+                failed |= chunk.is_err();
+            }
+            failed
+        })
+        .await
+        .expect("the stream still runs 10 s after the cancel (a write retried forever)");
+        assert!(ended, "the stream ends with the cancellation's error");
     }
 
     #[tokio::test]

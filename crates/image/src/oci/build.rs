@@ -137,7 +137,13 @@ pub async fn build(
                     total,
                     instruction: text.clone(),
                 });
-                let nodes = layer::select(&items, sources, dest, *chmod)?;
+                let nodes = layer::select(&items, sources, dest, *chmod).map_err(|e| match e {
+                    Error::BuildFailed { message, .. } => Error::BuildFailed {
+                        message,
+                        step: Some(text.clone()),
+                    },
+                    other => other,
+                })?;
                 let (layout, cancel) = (layout.clone(), cancel.clone());
                 let written = tokio::task::spawn_blocking(move || {
                     layer::write(

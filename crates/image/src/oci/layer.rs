@@ -169,7 +169,7 @@ pub fn write(
     let written = write_tar(compressor, nodes, cancel).and_then(|c| c.finish());
     let (out, digests) = match written {
         Ok(done) => done,
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(Error::Cancelled),
+        Err(_) if cancel.is_cancelled() => return Err(Error::Cancelled),
         Err(e) => return Err(Error::io("writing a layer in", &layout.dir)(e)),
     };
     out.into_inner()
@@ -208,7 +208,7 @@ fn write_tar<W: io::Write>(
     };
     for (path, node) in nodes {
         if cancel.is_cancelled() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+            return Err(cancelled());
         }
         match node {
             Node::Dir => {
@@ -251,7 +251,13 @@ fn write_tar<W: io::Write>(
     tar.into_inner()
 }
 
-/// A reader that stops with `Interrupted` once the run is cancelled.
+/// The error a cancelled read or write ends with. Not `Interrupted`: `io::copy`
+/// and `write_all` retry on that, and a Ctrl-C spun forever.
+pub(crate) fn cancelled() -> io::Error {
+    io::Error::other("cancelled")
+}
+
+/// A reader that fails once the run is cancelled.
 struct Cancellable<'a, R> {
     inner: R,
     cancel: &'a CancellationToken,
@@ -260,7 +266,7 @@ struct Cancellable<'a, R> {
 impl<R: Read> Read for Cancellable<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.cancel.is_cancelled() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
+            return Err(cancelled());
         }
         self.inner.read(buf)
     }
@@ -296,6 +302,33 @@ mod tests {
             rel: rel.into(),
             kind: ItemKind::Text(text.into()),
         }
+    }
+
+    #[test]
+    fn a_cancel_in_the_middle_of_a_copy_ends_it() {
+        // The token is cancelled by the first read, as a Ctrl-C in mid-layer.
+        struct CancelsOnRead(CancellationToken);
+        impl Read for CancelsOnRead {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0.cancel();
+                buf.fill(1);
+                Ok(buf.len())
+            }
+        }
+        let cancel = CancellationToken::new();
+        let (done, finished) = std::sync::mpsc::channel();
+        let token = cancel.clone();
+        std::thread::spawn(move || {
+            let mut reader = Cancellable {
+                inner: CancelsOnRead(token.clone()),
+                cancel: &token,
+            };
+            let _ = done.send(io::copy(&mut reader, &mut io::sink()).is_err());
+        });
+        let errored = finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("io::copy still running 10 s after the cancel: it retries the error");
+        assert!(errored);
     }
 
     #[test]

@@ -140,18 +140,25 @@ impl Layout {
         Ok(layout)
     }
 
-    /// The builder's own layout, created if missing. A folder that exists with
-    /// something in it and without this tool's marker is refused: the layout's
-    /// prune deletes blobs, and only in a layout this tool made.
-    pub fn create(dir: &Path) -> Result<Self> {
-        let owned = dir.join(OWNER_MARK);
+    /// Whether `dir` can be the builder's own layout: absent, empty, or marked as made
+    /// by this tool (checked by the preflight; [`Layout::create`] checks again).
+    pub fn check_ours(dir: &Path) -> Result<()> {
         let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
-        if occupied && !owned.is_file() {
+        if occupied && !dir.join(OWNER_MARK).is_file() {
             return Err(Error::Usage(format!(
                 "{} exists and this tool did not make it (no {OWNER_MARK} in it): its OCI layout there would delete what it does not know; move that folder away or pass another --state-dir",
                 dir.display()
             )));
         }
+        Ok(())
+    }
+
+    /// The builder's own layout, created if missing. A folder that exists with
+    /// something in it and without this tool's marker is refused: the layout's
+    /// prune deletes blobs, and only in a layout this tool made.
+    pub fn create(dir: &Path) -> Result<Self> {
+        let owned = dir.join(OWNER_MARK);
+        Self::check_ours(dir)?;
         std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(Error::io("creating", dir))?;
         if !owned.is_file() {
             std::fs::write(
@@ -310,7 +317,12 @@ impl Layout {
         let entries = std::fs::read_dir(&dir).map_err(Error::io("reading", &dir))?;
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            // Temporary files of a build in progress are left to it.
+            // What an interrupted run left (`.layer-*`, `.tmp-*`): the state
+            // directory's lock, held by this run, means no other run writes here.
+            if name.starts_with(".layer-") || name.starts_with(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
             if name.starts_with('.') {
                 continue;
             }

@@ -128,6 +128,11 @@ pub async fn execute(
     let mut fingerprints = Vec::new();
     for (platform, make_platform, mut context) in targets {
         let (base_id, base) = match (&engine, spec.builder) {
+            // A base named through a build argument (`FROM ${BASE}`) is the engine's
+            // to resolve; its text stands for it in the fingerprint.
+            (Some(_), Builder::Engine) if context.base.contains('$') => {
+                (format!("unresolved:{}", context.base), None)
+            }
             (Some(engine), Builder::Engine) if context.base != "scratch" => (
                 engine
                     .image_id(&context.base)

@@ -25,7 +25,10 @@ use crate::source::{self, Local};
 pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
     events.emit(Event::Stage {
         stage: Stage::Preflight,
-        what: "checking the engine, the registry and the source".into(),
+        what: match spec.builder {
+            Builder::Engine => "checking the engine, the registry and the source".into(),
+            Builder::Oci => "checking the registry and the source".into(),
+        },
     });
     check_builder_options(spec)?;
     if spec.push
@@ -88,6 +91,7 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
             Some(engine)
         }
         Builder::Oci => {
+            crate::oci::Layout::check_ours(&super::build::layout_dir(spec))?;
             events.note(format!(
                 "building in this process (--builder oci), layers {}-compressed",
                 spec.compression
@@ -145,7 +149,7 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         Some(resolved)
     };
 
-    dockerfile_check(spec, platform.as_deref(), &local, action, resolved.as_ref())?;
+    dockerfile_check(spec, platform.as_deref(), &local, action, resolved.as_ref()).await?;
 
     let plan = Plan {
         image: spec.image.to_string(),
@@ -206,7 +210,7 @@ fn engine_platforms_need_scratch(base: &str) -> Error {
 /// What the Dockerfile that will be built says, refused now (before a clone,
 /// an update or make) when it is already on disk: the checkout is built as it is,
 /// or it is already at the commit the remote names.
-fn dockerfile_check(
+async fn dockerfile_check(
     spec: &Spec,
     platform: Option<&str>,
     local: &Local,
@@ -226,9 +230,24 @@ fn dockerfile_check(
         .dir
         .join(context::CONTEXT_DIR)
         .join("Dockerfile");
+    let platforms = match (&spec.platforms[..], platform) {
+        ([], Some(one)) => vec![Platform::parse(one).map_err(Error::Usage)?],
+        ([], None) => vec![Platform::host()],
+        (many, _) => many.to_vec(),
+    };
     let text = match std::fs::read_to_string(&dockerfile) {
-        Ok(text) if current => text,
-        _ => return Ok(()),
+        Ok(text) if current => text.trim_start_matches('\u{feff}').to_owned(),
+        // The Dockerfile comes later; a base given by flag can be read now.
+        _ => {
+            if spec.builder == Builder::Oci
+                && let Some(base) = spec.base_image.as_deref()
+            {
+                for platform in &platforms {
+                    crate::oci::base::resolve(base, platform, spec.insecure_registry).await?;
+                }
+            }
+            return Ok(());
+        }
     };
     let text = match &spec.base_image {
         Some(base) => context::rewrite_from(&text, base)?.0,
@@ -243,17 +262,15 @@ fn dockerfile_check(
             }
         }
         Builder::Oci => {
-            let platforms = match (&spec.platforms[..], platform) {
-                ([], Some(one)) => vec![Platform::parse(one).map_err(Error::Usage)?],
-                ([], None) => vec![Platform::host()],
-                (many, _) => many.to_vec(),
-            };
+            // Each platform's recipe, and its base read from where it lies: a base
+            // that is missing, of another platform or unreadable is named now.
             for platform in &platforms {
                 let scope = crate::oci::dockerfile::Scope {
                     platform,
                     base_env: &[],
                 };
-                crate::oci::dockerfile::parse(&text, scope)?;
+                let recipe = crate::oci::dockerfile::parse(&text, scope)?;
+                crate::oci::base::resolve(&recipe.base, platform, spec.insecure_registry).await?;
             }
         }
     }
@@ -275,9 +292,12 @@ fn check_builder_options(spec: &Spec) -> Result<()> {
             }
             let path = &oci[4..];
             // It travels in the Dockerfile's FROM line, whose words the builder expands.
-            if path.is_empty()
-                || path.contains(|c: char| c.is_whitespace() || "$\"'\\`".contains(c))
-            {
+            if path.is_empty() {
+                return Err(Error::BaseImage {
+                    reason: "`oci:` names no layout: give oci:PATH".into(),
+                });
+            }
+            if path.contains(|c: char| c.is_whitespace() || "$\"'\\`".contains(c)) {
                 return Err(Error::BaseImage {
                     reason: format!(
                         "`{oci}`: give the layout's path without spaces, quotes, `$` or backslashes"

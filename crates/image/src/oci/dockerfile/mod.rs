@@ -151,7 +151,9 @@ pub fn parse(text: &str, scope: Scope<'_>) -> Result<Recipe> {
                     if let Some(value) = word.strip_prefix("--platform=") {
                         platform = Some(value.to_owned());
                     } else if word.starts_with("--") {
-                        return Err(at(format!("the flag `{word}` is not supported")));
+                        return Err(at(format!(
+                            "the flag `{word}` is not supported by --builder oci; use --builder engine"
+                        )));
                     } else if image.is_none() {
                         image = Some(word);
                     } else if word.eq_ignore_ascii_case("as") {
@@ -219,7 +221,7 @@ pub fn parse(text: &str, scope: Scope<'_>) -> Result<Recipe> {
                         // Files are owned by root in any case.
                     } else {
                         return Err(at(format!(
-                            "the flag `{flag}` is not supported by --builder oci"
+                            "the flag `{flag}` is not supported by --builder oci; use --builder engine"
                         )));
                     }
                 }
