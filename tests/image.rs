@@ -201,6 +201,24 @@ fn a_local_path_works_as_the_repository() {
         upstream.fixture.head().unwrap().as_str()
     );
     assert!(docker::exists(&local.image));
+
+    // The user's clone as its own checkout: refused, left on its branch.
+    let branch = || {
+        sh(
+            "git",
+            &["symbolic-ref", "--short", "HEAD"],
+            Some(&upstream.fixture.dir),
+        )
+    };
+    assert_eq!(branch(), "master");
+    env.xtask(&build_from(
+        &upstream.fixture.dir,
+        &upstream.fixture.dir,
+        &local.tag,
+    ))
+    .assert_code(2)
+    .stderr_has(&["it is also the checkout to build", "--no-update"]);
+    assert_eq!(branch(), "master");
 }
 
 #[test]

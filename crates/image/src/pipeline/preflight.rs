@@ -43,6 +43,26 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
     }
     if spec.source.update {
         source::check_local_repository(&spec.source.url)?;
+        // The user's own clone as both the repository and the checkout: the update
+        // would detach its HEAD from the branch they work on.
+        let repository = spec
+            .source
+            .url
+            .strip_prefix("file://")
+            .unwrap_or(&spec.source.url);
+        if let (Ok(a), Ok(b)) = (
+            std::fs::canonicalize(repository),
+            std::fs::canonicalize(&spec.source.dir),
+        ) && a == b
+        {
+            return Err(Error::LocalRepository {
+                url: spec.source.url.clone(),
+                problem: format!(
+                    "it is also the checkout to build (--source-dir {}), which the update would move off its branch; pass --no-update to build it as it is, or another --source-dir",
+                    spec.source.dir.display()
+                ),
+            });
+        }
     }
     let platform = if spec.platforms.is_empty() {
         make::requested_platform()?
