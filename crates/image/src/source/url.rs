@@ -49,6 +49,13 @@ pub(super) fn is_local(url: &str) -> bool {
 
 /// Strip credentials from a URL before it goes into a label or a log.
 pub fn redact_url(url: &str) -> String {
+    // A local path as an absolute one: `./kubernetes` in a label says nothing later.
+    if is_local(url)
+        && !url.starts_with("file://")
+        && let Ok(path) = std::fs::canonicalize(url)
+    {
+        return path.to_string_lossy().into_owned();
+    }
     match url.split_once("://") {
         Some((scheme, rest)) => {
             let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
@@ -66,6 +73,16 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `target` relative to `from` (`../../tmp/x`).
+    fn pathdiff(target: &Path, from: &Path) -> String {
+        let up = from.components().count() - 1;
+        format!(
+            "{}{}",
+            "../".repeat(up),
+            target.to_string_lossy().trim_start_matches('/')
+        )
+    }
 
     #[test]
     fn local_paths_are_told_apart() {
@@ -87,7 +104,14 @@ mod tests {
             redact_url("git://127.0.0.1:9418/k"),
             "git://127.0.0.1:9418/k"
         );
-        assert_eq!(redact_url("/srv/k"), "/srv/k");
+        assert_eq!(redact_url("/nonexistent/k"), "/nonexistent/k");
+        let dir = tempfile::tempdir().unwrap();
+        let here = std::env::current_dir().unwrap();
+        let relative = pathdiff(dir.path(), &here);
+        assert_eq!(
+            redact_url(&relative),
+            std::fs::canonicalize(dir.path()).unwrap().to_string_lossy()
+        );
         assert_eq!(redact_url("https://tok@h"), "https://h");
     }
 }
