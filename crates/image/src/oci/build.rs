@@ -300,6 +300,19 @@ pub async fn push(
     cancel: &CancellationToken,
 ) -> Result<String> {
     let repository = &target.repository;
+    // A base on the same registry is mounted: the token must be able to read it.
+    for image in images {
+        for blob in &image.blobs {
+            if let Some(Source::Registry {
+                registry: from,
+                image: base,
+            }) = &blob.from
+                && from.base_url() == registry.base_url()
+            {
+                registry.also_read(&base.repository).await;
+            }
+        }
+    }
     for image in images {
         for blob in &image.blobs {
             push_blob(registry, repository, layout, blob, events, cancel).await?;

@@ -34,7 +34,8 @@ struct Token {
     current: std::sync::RwLock<String>,
     realm: String,
     service: Option<String>,
-    scope: String,
+    /// `repository:<name>:<actions>`, one per repository the token must cover.
+    scopes: std::sync::RwLock<Vec<String>>,
     credentials: Credentials,
 }
 
@@ -169,15 +170,16 @@ impl Registry {
                 Access::Push => format!("repository:{}:pull,push", image.repository),
                 Access::Pull => format!("repository:{}:pull", image.repository),
             };
+            let scopes = vec![scope];
             let token = registry
-                .token(&realm, service.as_deref(), &scope, creds)
+                .token(&realm, service.as_deref(), &scopes, creds)
                 .await
                 .map_err(&rejected)?;
             registry.auth = Auth::Bearer(std::sync::Arc::new(Token {
                 current: std::sync::RwLock::new(token),
                 realm,
                 service,
-                scope,
+                scopes: std::sync::RwLock::new(scopes),
                 credentials: creds.clone(),
             }));
         } else {
@@ -193,10 +195,10 @@ impl Registry {
         &self,
         realm: &str,
         service: Option<&str>,
-        scope: &str,
+        scopes: &[String],
         creds: &Credentials,
     ) -> Result<String, String> {
-        let mut query = vec![("scope", scope.to_owned())];
+        let mut query: Vec<(&str, String)> = scopes.iter().map(|s| ("scope", s.clone())).collect();
         if let Some(service) = service {
             query.push(("service", service.to_owned()));
         }
@@ -262,8 +264,9 @@ impl Registry {
         let Auth::Bearer(t) = &self.auth else {
             return Ok(response);
         };
+        let scopes = t.scopes.read().map(|s| s.clone()).unwrap_or_default();
         match self
-            .token(&t.realm, t.service.as_deref(), &t.scope, &t.credentials)
+            .token(&t.realm, t.service.as_deref(), &scopes, &t.credentials)
             .await
         {
             Ok(fresh) => {
@@ -273,6 +276,32 @@ impl Registry {
                 self.authorize(make()).send().await
             }
             Err(_) => Ok(response),
+        }
+    }
+
+    /// With token auth, ask for a token that may also read `repository` (a base
+    /// image's, for a cross-repository mount). When the token service will not
+    /// grant it, nothing changes: the mount is refused and the blob copied.
+    pub(crate) async fn also_read(&self, repository: &str) {
+        let Auth::Bearer(t) = &self.auth else {
+            return;
+        };
+        let scope = format!("repository:{repository}:pull");
+        let mut scopes = t.scopes.read().map(|s| s.clone()).unwrap_or_default();
+        if scopes.contains(&scope) {
+            return;
+        }
+        scopes.push(scope);
+        if let Ok(fresh) = self
+            .token(&t.realm, t.service.as_deref(), &scopes, &t.credentials)
+            .await
+        {
+            if let Ok(mut current) = t.current.write() {
+                *current = fresh;
+            }
+            if let Ok(mut kept) = t.scopes.write() {
+                *kept = scopes;
+            }
         }
     }
 
@@ -363,6 +392,20 @@ mod tests {
         addr: std::net::SocketAddr,
         valid: std::sync::Arc<std::sync::Mutex<String>>,
         issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        /// The scopes the last token was asked for.
+        scopes: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    fn form_scopes(query: &str) -> Vec<String> {
+        query
+            .split('&')
+            .filter_map(|kv| kv.strip_prefix("scope="))
+            .map(|v| {
+                v.replace("%3A", ":")
+                    .replace("%2F", "/")
+                    .replace("%2C", ",")
+            })
+            .collect()
     }
 
     async fn token_registry() -> TokenRegistry {
@@ -373,17 +416,18 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let valid = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (v, n) = (valid.clone(), issued.clone());
+        let scopes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (v, n, sc) = (valid.clone(), issued.clone(), scopes.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (v, n) = (v.clone(), n.clone());
+                let (v, n, sc) = (v.clone(), n.clone(), sc.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(
                         move |req: hyper::Request<Incoming>| {
-                            let (v, n) = (v.clone(), n.clone());
+                            let (v, n, sc) = (v.clone(), n.clone(), sc.clone());
                             async move {
                                 let bearer = req
                                     .headers()
@@ -393,6 +437,8 @@ mod tests {
                                     .map(str::to_owned);
                                 let ok = bearer.is_some_and(|b| *v.lock().unwrap() == b);
                                 let response = if req.uri().path() == "/token" {
+                                    *sc.lock().unwrap() =
+                                        form_scopes(req.uri().query().unwrap_or_default());
                                     let token =
                                         format!("t{}", n.fetch_add(1, Ordering::SeqCst) + 1);
                                     *v.lock().unwrap() = token.clone();
@@ -428,6 +474,7 @@ mod tests {
             addr,
             valid,
             issued,
+            scopes,
         }
     }
 
@@ -452,6 +499,18 @@ mod tests {
             Some("sha256:aa")
         );
         assert_eq!(server.issued.load(Ordering::SeqCst), 2);
+
+        // A base in another repository: the next token may read it too (and the
+        // refresh after it keeps asking for both).
+        registry.also_read("base/busybox").await;
+        let both = vec![
+            "repository:kubemark:pull,push".to_owned(),
+            "repository:base/busybox:pull".to_owned(),
+        ];
+        assert_eq!(*server.scopes.lock().unwrap(), both);
+        *server.valid.lock().unwrap() = "expired".into();
+        registry.manifest_digest(&image).await.unwrap();
+        assert_eq!(*server.scopes.lock().unwrap(), both);
     }
 
     #[test]
