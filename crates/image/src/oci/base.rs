@@ -4,6 +4,7 @@
 //! layout (`oci:PATH`). Layers are not downloaded here: the push mounts or
 //! copies them registry to registry, or uploads them from the layout.
 
+use super::compress::Compression;
 use super::layout::{Descriptor, Index, Layout, Platform};
 use crate::auth::Credentials;
 use crate::error::{Error, Result};
@@ -203,14 +204,15 @@ fn finish(
 
 /// A base layer's media type in an OCI manifest (Docker's names the same bytes).
 fn oci_layer_type(media_type: &str) -> std::result::Result<String, String> {
+    if let Some(c) = Compression::ALL
+        .into_iter()
+        .find(|c| c.docker_media_type() == Some(media_type))
+    {
+        return Ok(c.media_type().into());
+    }
     Ok(match media_type {
-        "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
-            "application/vnd.oci.image.layer.v1.tar+gzip".into()
-        }
-        "application/vnd.docker.image.rootfs.diff.tar" => {
-            "application/vnd.oci.image.layer.v1.tar".into()
-        }
-        t if t.starts_with("application/vnd.oci.image.layer.v1.tar") => t.into(),
+        "application/vnd.docker.image.rootfs.diff.tar" => Compression::None.media_type().into(),
+        t if t.starts_with(Compression::None.media_type()) => t.into(),
         other => return Err(format!("its layers of type {other} cannot be carried over")),
     })
 }
