@@ -64,7 +64,7 @@ pub struct Args {
     /// reproducible layers compressed on every core, pushed through the registry API).
     #[arg(long, value_enum, env = "KUBEMARK_BUILDER", default_value_t = BuilderArg::Engine)]
     builder: BuilderArg,
-    /// Layer compression for --builder oci: gzip (every runtime), zstd (containerd 1.5+, Docker 23+), none.
+    /// Layer compression of the pushed image: gzip (every runtime), zstd (containerd 1.5+, Docker 23+), none.
     #[arg(long, value_enum, env = "KUBEMARK_COMPRESSION", default_value_t = CompressionArg::Gzip)]
     compression: CompressionArg,
     /// Build for these platforms (comma-separated, e.g. linux/amd64,linux/arm64): make runs once

@@ -33,10 +33,10 @@ pub struct Options {
 
 /// One blob of a built image and where the push reads it from.
 #[derive(Debug, Clone)]
-struct Blob {
-    descriptor: Descriptor,
+pub(super) struct Blob {
+    pub(super) descriptor: Descriptor,
     /// `None`: the builder's own layout.
-    from: Option<Source>,
+    pub(super) from: Option<Source>,
 }
 
 /// An image built into the layout, ready to push.
@@ -47,7 +47,7 @@ pub struct Image {
     pub manifest: Descriptor,
     /// The config's digest: the engine's image ID of the same image.
     pub config_digest: String,
-    blobs: Vec<Blob>,
+    pub(super) blobs: Vec<Blob>,
 }
 
 /// What one platform's image is built from.
@@ -281,10 +281,22 @@ pub fn record_in_layout(layout: &Layout, reference: &str, images: &[Image]) -> R
     Ok(descriptor)
 }
 
+/// An index over `images`: Docker's manifest list when they are all Docker
+/// manifests (the engine's images), else an OCI index.
 fn index_of(images: &[Image]) -> Index {
+    let docker = images
+        .iter()
+        .all(|i| i.manifest.media_type == media::DOCKER_MANIFEST);
     Index {
         schema_version: 2,
-        media_type: Some(media::OCI_INDEX.into()),
+        media_type: Some(
+            if docker {
+                media::DOCKER_LIST
+            } else {
+                media::OCI_INDEX
+            }
+            .into(),
+        ),
         manifests: images.iter().map(|i| i.manifest.clone()).collect(),
     }
 }
@@ -323,21 +335,27 @@ pub async fn push(
                 .put_manifest(
                     repository,
                     &image.manifest.digest,
-                    media::OCI_MANIFEST,
+                    &image.manifest.media_type,
                     bytes,
                 )
                 .await?;
         }
     }
     let (media_type, bytes) = match images {
-        [one] => (media::OCI_MANIFEST, layout.read_blob(&one.manifest.digest)?),
-        many => (
-            media::OCI_INDEX,
-            serde_json::to_vec(&index_of(many)).unwrap_or_default(),
+        [one] => (
+            one.manifest.media_type.clone(),
+            layout.read_blob(&one.manifest.digest)?,
         ),
+        many => {
+            let index = index_of(many);
+            (
+                index.media_type.clone().unwrap_or_default(),
+                serde_json::to_vec(&index).unwrap_or_default(),
+            )
+        }
     };
     registry
-        .put_manifest(repository, &target.tag, media_type, bytes)
+        .put_manifest(repository, &target.tag, &media_type, bytes)
         .await
 }
 

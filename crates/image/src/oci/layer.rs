@@ -157,6 +157,24 @@ pub fn write(
     threads: usize,
     cancel: &CancellationToken,
 ) -> Result<Layer> {
+    store(layout, compression, threads, cancel, |out| {
+        write_tar(out, nodes, cancel)
+    })
+}
+
+/// The compressor a layer's bytes are written through into the layout.
+pub(super) type Sink = Compressor<io::BufWriter<std::fs::File>>;
+
+/// A new blob of `layout`: what `produce` writes, compressed on `threads` cores
+/// into a temporary file (`.layer-*`, which a prune removes if the run dies)
+/// renamed to its digest.
+pub(super) fn store(
+    layout: &Layout,
+    compression: Compression,
+    threads: usize,
+    cancel: &CancellationToken,
+    produce: impl FnOnce(Sink) -> io::Result<Sink>,
+) -> Result<Layer> {
     let tmp = tempfile::Builder::new()
         .prefix(".layer-")
         .tempfile_in(layout.dir.join("blobs/sha256"))
@@ -166,7 +184,7 @@ pub fn write(
         .map_err(Error::io("creating a layer in", &layout.dir))?;
     let out = io::BufWriter::with_capacity(1 << 20, file);
     let compressor = Compressor::new(out, compression, threads);
-    let written = write_tar(compressor, nodes, cancel).and_then(|c| c.finish());
+    let written = produce(compressor).and_then(|c| c.finish());
     let (out, digests) = match written {
         Ok(done) => done,
         Err(_) if cancel.is_cancelled() => return Err(Error::Cancelled),

@@ -269,6 +269,12 @@ impl Layout {
         self.prune(&index)
     }
 
+    /// Delete the blobs no named image reaches (what a push of the engine's
+    /// image left: the registry holds them now).
+    pub fn prune_unnamed(&self) -> Result<()> {
+        self.prune(&self.index()?)
+    }
+
     /// The descriptor named `reference`, if any.
     pub fn named(&self, reference: &str) -> Result<Option<Descriptor>> {
         Ok(self

@@ -6,6 +6,7 @@ pub mod base;
 pub mod build;
 pub mod compress;
 pub mod dockerfile;
+pub mod import;
 pub mod layer;
 pub mod layout;
 

@@ -1,7 +1,8 @@
-//! The image and push stages, once per builder: the engine (bollard; several
-//! platforms pushed under per-platform tags and joined by a manifest list the
-//! registry API writes) and the OCI builder (this process; one image per
-//! platform in the layout, an OCI index over them).
+//! The image and push stages, once per builder: the engine (bollard builds;
+//! its images are read from its export into the layout, compressed on every
+//! core, and pushed through the registry API, several platforms joined by a
+//! manifest list) and the OCI builder (this process; one image per platform in
+//! the layout, an OCI index over them). Both push with `oci::build::push`.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use crate::event::{CancellationToken, Event, Events, Stage};
 use crate::oci::{self, Layout, Platform};
 use crate::record::PlatformImage;
 use crate::reference::ImageRef;
-use crate::registry::{Registry, media};
+use crate::registry::Registry;
 
 /// One platform's binary, its context and (for the OCI builder) its base.
 #[derive(Debug)]
@@ -44,7 +45,6 @@ pub(super) async fn with_engine(
     spec: &Spec,
     engine: &Engine,
     registry: Option<&Registry>,
-    credentials: Option<&crate::auth::Credentials>,
     targets: &[Target],
     events: &Events,
     cancel: &CancellationToken,
@@ -59,7 +59,7 @@ pub(super) async fn with_engine(
     // Every platform is built before any is pushed: a build that fails pushes nothing.
     let mut built = Vec::new();
     for target in targets {
-        // Several platforms: each under its own tag, joined by the list below.
+        // Several platforms: each under its own local tag (the engine's, never pushed).
         let image = if several {
             per_platform_tag(&spec.image, &target.platform)?
         } else {
@@ -84,27 +84,29 @@ pub(super) async fn with_engine(
             stage: Stage::Image,
             what: format!("{id} in {:.1}s", started.elapsed().as_secs_f64()),
         });
-        built.push((image, id, target));
+        built.push((id, target));
     }
-    let mut platforms = Vec::new();
-    for (image, id, target) in built {
-        let digest = match registry {
-            Some(registry) => {
-                Some(engine_push(engine, registry, &image, credentials, events, cancel).await?)
-            }
-            None => None,
-        };
-        platforms.push(PlatformImage {
+    let mut platforms: Vec<PlatformImage> = built
+        .iter()
+        .map(|(id, target)| PlatformImage {
             platform: target.platform.to_string(),
-            digest,
-            image_id: id,
+            digest: None,
+            image_id: id.clone(),
             binary_sha256: target.context.binary_sha256.clone(),
-        });
-    }
-    let digest = match (registry, several) {
-        (Some(registry), true) => Some(manifest_list(registry, &spec.image, &platforms).await?),
-        (Some(_), false) => platforms[0].digest.clone(),
-        (None, _) => None,
+        })
+        .collect();
+    let digest = match registry {
+        Some(registry) => {
+            let images = engine_images(spec, engine, registry, &built, events, cancel).await?;
+            for (p, image) in platforms.iter_mut().zip(&images.1) {
+                p.digest = Some(image.manifest.digest.clone());
+            }
+            let digest =
+                push_and_check(spec, registry, &images.0, &images.1, events, cancel).await?;
+            images.0.prune_unnamed()?;
+            Some(digest)
+        }
+        None => None,
     };
     Ok(Produced {
         image_id: platforms[0].image_id.clone(),
@@ -113,7 +115,7 @@ pub(super) async fn with_engine(
     })
 }
 
-/// `repo:tag-linux-arm64`: where the engine path pushes one platform of several.
+/// `repo:tag-linux-arm64`: the engine's local name for one platform of several.
 fn per_platform_tag(image: &ImageRef, platform: &Platform) -> Result<ImageRef> {
     let suffix = platform.to_string().replace('/', "-");
     ImageRef::kubemark(&image.registry, &format!("{}-{suffix}", image.tag))
@@ -124,27 +126,108 @@ fn per_platform_tag(image: &ImageRef, platform: &Platform) -> Result<ImageRef> {
         .map_err(Error::from)
 }
 
-async fn engine_push(
+/// The engine's images, read from its export into the layout for the registry
+/// push (the engine's own push gzips on one core: several times slower).
+async fn engine_images(
+    spec: &Spec,
     engine: &Engine,
     registry: &Registry,
-    image: &ImageRef,
-    credentials: Option<&crate::auth::Credentials>,
+    built: &[(String, &Target)],
+    events: &Events,
+    cancel: &CancellationToken,
+) -> Result<(Layout, Vec<oci::Image>)> {
+    let layout = Layout::create(&layout_dir(spec))?;
+    let options = oci::Options {
+        compression: spec.compression,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let mut images = Vec::new();
+    for (id, target) in built {
+        events.emit(Event::Stage {
+            stage: Stage::Push,
+            what: format!(
+                "reading {} from the engine, layers {}-compressed on {} threads",
+                crate::registry::short(id),
+                options.compression,
+                options.threads
+            ),
+        });
+        let started = std::time::Instant::now();
+        let base = lender(spec, engine, registry, target, events).await;
+        let image = oci::import::from_engine(
+            &layout,
+            engine,
+            id,
+            &target.platform,
+            base.as_ref(),
+            options,
+            cancel,
+        )
+        .await?;
+        events.emit(Event::StageDone {
+            stage: Stage::Push,
+            what: format!(
+                "manifest {} in {:.1}s",
+                crate::registry::short(&image.manifest.digest),
+                started.elapsed().as_secs_f64()
+            ),
+        });
+        images.push(image);
+    }
+    Ok((layout, images))
+}
+
+/// The base image, when it lies on the registry pushed to: its layers are then
+/// mounted there, not uploaded. Any other base's layers are uploaded from the
+/// export (a copy from a foreign registry would move the same bytes), and a
+/// base that cannot be read is said and uploaded too.
+async fn lender(
+    spec: &Spec,
+    engine: &Engine,
+    registry: &Registry,
+    target: &Target,
+    events: &Events,
+) -> Option<oci::base::Base> {
+    let name = &target.context.base;
+    let base = ImageRef::parse(name).ok()?;
+    if name == "scratch" || base.registry != spec.image.registry {
+        return None;
+    }
+    let insecure = engine.is_insecure_registry(&base);
+    match oci::base::resolve(name, &target.platform, insecure).await {
+        Ok(base) => Some(base),
+        Err(e) => {
+            events.emit(Event::Note(format!(
+                "the base {name} could not be read from {} ({e}); its layers are uploaded",
+                registry.base_url()
+            )));
+            None
+        }
+    }
+}
+
+/// Push `images` under the tag and check the registry serves what was pushed.
+async fn push_and_check(
+    spec: &Spec,
+    registry: &Registry,
+    layout: &Layout,
+    images: &[oci::Image],
     events: &Events,
     cancel: &CancellationToken,
 ) -> Result<String> {
     events.emit(Event::Stage {
         stage: Stage::Push,
-        what: format!("pushing {image} to {}", registry.base_url()),
+        what: format!("pushing {} to {}", spec.image, registry.base_url()),
     });
     let started = std::time::Instant::now();
-    let digest = engine.push(image, credentials, events, cancel).await?;
-    match registry.manifest_digest(image).await? {
+    let digest = oci::build::push(registry, &spec.image, layout, images, events, cancel).await?;
+    match registry.manifest_digest(&spec.image).await? {
         Some(served) if served == digest => {}
         served => {
             return Err(Error::PushFailed {
-                image: image.to_string(),
+                image: spec.image.to_string(),
                 message: format!(
-                    "the engine reported {digest} but the registry serves {}",
+                    "pushed {digest} but the registry serves {}",
                     served.as_deref().unwrap_or("nothing")
                 ),
             });
@@ -155,42 +238,6 @@ async fn engine_push(
         what: format!("{digest} in {:.1}s", started.elapsed().as_secs_f64()),
     });
     Ok(digest)
-}
-
-/// A Docker manifest list over the platforms' pushed manifests, stored under the tag.
-async fn manifest_list(
-    registry: &Registry,
-    image: &ImageRef,
-    platforms: &[PlatformImage],
-) -> Result<String> {
-    let mut manifests = Vec::new();
-    for p in platforms {
-        let digest = p.digest.as_deref().unwrap_or_default();
-        let manifest = registry
-            .get_manifest(&image.repository, digest)
-            .await?
-            .ok_or_else(|| Error::PushFailed {
-                image: image.to_string(),
-                message: format!("the registry lost {digest} just pushed"),
-            })?;
-        let platform = Platform::parse(&p.platform).map_err(Error::Usage)?;
-        manifests.push(oci::layout::Descriptor {
-            media_type: manifest.media_type,
-            digest: manifest.digest,
-            size: manifest.bytes.len() as u64,
-            platform: Some(platform),
-            annotations: Default::default(),
-        });
-    }
-    let list = oci::layout::Index {
-        schema_version: 2,
-        media_type: Some(media::DOCKER_LIST.into()),
-        manifests,
-    };
-    let bytes = serde_json::to_vec(&list).unwrap_or_default();
-    registry
-        .put_manifest(&image.repository, &image.tag, media::DOCKER_LIST, bytes)
-        .await
 }
 
 pub(super) async fn with_oci(
@@ -263,35 +310,13 @@ pub(super) async fn with_oci(
         .collect();
     let digest = match registry {
         Some(registry) => {
-            events.emit(Event::Stage {
-                stage: Stage::Push,
-                what: format!("pushing {} to {}", spec.image, registry.base_url()),
-            });
-            let started = std::time::Instant::now();
-            let digest =
-                oci::build::push(registry, &spec.image, &layout, &images, events, cancel).await?;
-            match registry.manifest_digest(&spec.image).await? {
-                Some(served) if served == digest => {}
-                served => {
-                    return Err(Error::PushFailed {
-                        image: spec.image.to_string(),
-                        message: format!(
-                            "pushed {digest} but the registry serves {}",
-                            served.as_deref().unwrap_or("nothing")
-                        ),
-                    });
-                }
-            }
+            let digest = push_and_check(spec, registry, &layout, &images, events, cancel).await?;
             for (p, image) in platforms.iter_mut().zip(&images) {
                 p.digest = Some(image.manifest.digest.clone());
             }
             // Pushed: the registry holds it now, and the layout would grow by one
             // binary per tag. Images built with --no-push stay.
             layout.remove_ref(&reference)?;
-            events.emit(Event::StageDone {
-                stage: Stage::Push,
-                what: format!("{digest} in {:.1}s", started.elapsed().as_secs_f64()),
-            });
             Some(digest)
         }
         None => None,

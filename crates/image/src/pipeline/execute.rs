@@ -25,7 +25,6 @@ pub async fn execute(
         plan,
         engine,
         registry,
-        credentials,
         local,
         resolved,
         _lock,
@@ -212,16 +211,7 @@ pub async fn execute(
     // Image and push.
     let produced = match (&engine, spec.builder) {
         (Some(engine), Builder::Engine) => {
-            build::with_engine(
-                spec,
-                engine,
-                registry.as_ref(),
-                credentials.as_ref(),
-                &targets,
-                events,
-                cancel,
-            )
-            .await?
+            build::with_engine(spec, engine, registry.as_ref(), &targets, events, cancel).await?
         }
         _ => build::with_oci(spec, registry.as_ref(), &targets, events, cancel).await?,
     };

@@ -73,13 +73,14 @@ pub(super) fn combine(
 ) -> String {
     if let [one] = fingerprints
         && builder == Builder::Engine
+        && compression == crate::oci::Compression::Gzip
     {
         return one.clone();
     }
     let mut h = Sha256::new();
     h.update(format!("builder {}\n", builder.as_str()));
-    // The OCI builder's layers differ by compression: another one is another image.
-    if builder == Builder::Oci {
+    // Layers differ by compression: another one is another image.
+    if builder == Builder::Oci || compression != crate::oci::Compression::Gzip {
         h.update(format!("compression {compression}\n"));
     }
     for f in fingerprints {

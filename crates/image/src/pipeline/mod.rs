@@ -137,7 +137,7 @@ pub struct PlanBuild {
     pub platform: Option<String>,
     /// `--platforms`: one image each, under one index.
     pub platforms: Vec<String>,
-    /// Layer compression (the OCI builder; the engine always gzips).
+    /// Layer compression of what is pushed (either builder).
     pub compression: Compression,
 }
 
@@ -153,7 +153,6 @@ pub struct Prepared {
     pub plan: Plan,
     engine: Option<Engine>,
     registry: Option<Registry>,
-    credentials: Option<Credentials>,
     local: Local,
     resolved: Option<Resolved>,
     _lock: std::fs::File,

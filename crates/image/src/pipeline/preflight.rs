@@ -13,7 +13,7 @@ use crate::engine::{Endpoint, Engine};
 use crate::error::{Error, Result};
 use crate::event::{CancellationToken, Event, Events, Say, Stage};
 use crate::make;
-use crate::oci::{Compression, Platform};
+use crate::oci::Platform;
 use crate::record::Records;
 use crate::reference::ImageRef;
 use crate::registry::{Access, Registry};
@@ -103,6 +103,10 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
             {
                 return Err(engine_platforms_need_scratch(base));
             }
+            if spec.push {
+                // The engine's images are pushed from the layout.
+                crate::oci::Layout::check_ours(&super::build::layout_dir(spec))?;
+            }
             let engine = Engine::connect(Endpoint::from_env()?).await?;
             events.note(format!(
                 "Docker engine {} (API {}) at {}",
@@ -120,7 +124,7 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         }
     };
 
-    let (registry, credentials) = if spec.push {
+    let registry = if spec.push {
         let credentials = match &spec.credentials {
             Some(c) => Some(c.clone()),
             None => Credentials::from_docker_config(&spec.image)?,
@@ -136,9 +140,9 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
             registry.base_url(),
             registry.auth_description
         ));
-        (Some(registry), credentials)
+        Some(registry)
     } else {
-        (None, None)
+        None
     };
 
     let action = match &local {
@@ -213,7 +217,6 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         plan,
         engine,
         registry,
-        credentials,
         local,
         resolved,
         _lock: lock,
@@ -343,19 +346,11 @@ fn check_builder_options(spec: &Spec) -> Result<()> {
             })?;
         }
     }
-    if spec.builder == Builder::Engine {
-        if spec.compression != Compression::Gzip {
-            return Err(Error::Usage(format!(
-                "--compression {} needs --builder oci: the engine always pushes gzip layers",
-                spec.compression
-            )));
-        }
-        if spec.insecure_registry {
-            return Err(Error::Usage(
-                "--insecure-registry is for --builder oci; the engine follows its own insecure-registries setting"
-                    .into(),
-            ));
-        }
+    if spec.builder == Builder::Engine && spec.insecure_registry {
+        return Err(Error::Usage(
+            "--insecure-registry is for --builder oci; the engine follows its own insecure-registries setting"
+                .into(),
+        ));
     }
     Ok(())
 }
