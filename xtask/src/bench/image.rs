@@ -333,7 +333,7 @@ fn count_files(dir: &Path) -> usize {
         .sum()
 }
 
-/// `image done: ... in 1.2s` → 1.2.
+/// `image done: ... in 1.2s` → 1.2; the sum of every such line (a stage done per platform, or in steps).
 pub(super) fn stage_seconds(stderr: &str, stage: &str) -> f64 {
     stderr
         .lines()
@@ -346,6 +346,6 @@ pub(super) fn stage_seconds(stderr: &str, stage: &str) -> f64 {
                 .parse::<f64>()
                 .ok()
         })
-        .next_back()
+        .fold(None, |sum: Option<f64>, s| Some(sum.unwrap_or(0.0) + s))
         .unwrap_or(f64::NAN)
 }

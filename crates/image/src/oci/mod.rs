@@ -1,6 +1,7 @@
 //! The daemonless builder (`--builder oci`): the kubemark Dockerfile carried out
 //! in this process (reproducible layers compressed on every core, labels as
-//! config), images kept in an OCI layout and pushed through the registry API.
+//! config), images kept in an OCI layout and pushed through the registry API;
+//! and (`import`) the engine's images taken into that layout for the same push.
 
 pub mod base;
 pub mod build;
