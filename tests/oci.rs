@@ -146,6 +146,46 @@ fn the_oci_builder_needs_no_engine_and_makes_the_image_the_engine_makes() {
     assert_ne!(registry.digest("kubemark", "oci").unwrap(), digest);
 }
 
+#[test]
+fn a_loopback_registry_on_https_with_an_untrusted_certificate_is_pushed_to_as_the_engine_would() {
+    // The engine treats 127.0.0.0/8 as insecure: HTTPS without verification.
+    // Its images are now pushed by this process, which must do the same.
+    let registry = Registry::with_untrusted_tls();
+    let upstream = Upstream::new();
+    let image = format!("{}/kubemark:tls", registry.addr);
+    let _cleanup = docker::Cleanup(vec![image.clone()]);
+    let env = Env::new();
+    env.xtask(&Args::image(
+        &registry.addr,
+        "tls",
+        upstream.url(),
+        &env.path("k"),
+    ))
+    .assert_code(0)
+    .stderr_has(&[&format!("to https://{}", registry.addr)]);
+    assert_eq!(
+        env.record()["digest"],
+        registry.digest("kubemark", "tls").unwrap().as_str()
+    );
+    docker::rmi(&image);
+    docker::pull(&image);
+    assert_eq!(docker::run(&image, None, &[]), "kubemark fixture 1");
+    // The OCI builder the same way.
+    let oci_env = without_engine();
+    oci_env
+        .xtask(
+            &Args::image(
+                &registry.addr,
+                "tls-oci",
+                upstream.url(),
+                &oci_env.path("k"),
+            )
+            .opt("--builder", "oci"),
+        )
+        .assert_code(0);
+    assert!(registry.digest("kubemark", "tls-oci").is_some());
+}
+
 /// This machine's platform in Go's names, as the builder records it.
 fn host_platform() -> String {
     let arch = match std::env::consts::ARCH {

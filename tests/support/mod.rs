@@ -81,6 +81,22 @@ impl Registry {
         Self::launch(Some((user, password)))
     }
 
+    /// A registry on 127.0.0.1 that speaks only HTTPS, its certificate signed by a
+    /// throw-away CA nothing trusts.
+    pub fn with_untrusted_tls() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = kubemark_testbed::k8s::Authority::new("untrusted-test-ca").unwrap();
+        let pem = ca
+            .server(&["localhost"], &["127.0.0.1".parse().unwrap()])
+            .unwrap();
+        let inner = kubemark_testbed::Registry::start_tls(dir.path(), &pem).unwrap();
+        Self {
+            addr: inner.addr.clone(),
+            inner,
+            _dir: dir,
+        }
+    }
+
     fn launch(auth: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let inner = kubemark_testbed::Registry::start(dir.path(), auth).unwrap();

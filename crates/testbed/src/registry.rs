@@ -15,6 +15,8 @@ pub struct Registry {
     /// `127.0.0.1:PORT`.
     pub addr: String,
     pub auth: Option<(String, String)>,
+    /// Whether it speaks HTTPS (with a certificate the test chose; curl does not verify it).
+    pub tls: bool,
     pub dir: PathBuf,
     _child: Guard,
 }
@@ -28,6 +30,19 @@ impl Registry {
     /// Start a registry keeping its data in `dir`; with `auth`, it wants that
     /// user and password (htpasswd, bcrypt).
     pub fn start(dir: &Path, auth: Option<(&str, &str)>) -> io::Result<Self> {
+        Self::launch(dir, auth, None)
+    }
+
+    /// Start a registry that speaks only HTTPS, with `certificate`.
+    pub fn start_tls(dir: &Path, certificate: &crate::k8s::Pem) -> io::Result<Self> {
+        Self::launch(dir, None, Some(certificate))
+    }
+
+    fn launch(
+        dir: &Path,
+        auth: Option<(&str, &str)>,
+        tls: Option<&crate::k8s::Pem>,
+    ) -> io::Result<Self> {
         require("docker-registry")?;
         std::fs::create_dir_all(dir)?;
         let port = free_port()?;
@@ -35,6 +50,17 @@ impl Registry {
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-secret\n",
             dir.join("data").display()
         );
+        // Under `http:`, which the text above ends with.
+        if let Some(pem) = tls {
+            let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+            std::fs::write(&cert, &pem.cert)?;
+            std::fs::write(&key, &pem.key)?;
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         if let Some((user, password)) = auth {
             require("htpasswd")?;
             let line = run("htpasswd", &["-Bbn", user, password], None)?;
@@ -58,19 +84,26 @@ impl Registry {
         Ok(Self {
             addr: format!("127.0.0.1:{port}"),
             auth: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
+            tls: tls.is_some(),
             dir: dir.to_owned(),
             _child: Guard(child),
         })
     }
 
-    /// `curl -sS <flags> http://<addr><path>` with the registry's credentials.
+    /// `curl -sS <flags> http(s)://<addr><path>` with the registry's credentials.
     fn curl(&self, flags: &[&str], path: &str) -> io::Result<std::process::Output> {
         let mut command = Command::new("curl");
         command.arg("-sS").args(flags);
         if let Some((u, p)) = &self.auth {
             command.arg("-u").arg(format!("{u}:{p}"));
         }
-        command.arg(format!("http://{}{path}", self.addr)).output()
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.tls {
+            command.arg("-k");
+        }
+        command
+            .arg(format!("{scheme}://{}{path}", self.addr))
+            .output()
     }
 
     /// The manifest (or index) `reference` of `repository` as served: its JSON, or `None`.
@@ -119,7 +152,8 @@ impl Registry {
             &format!("/v2/{repository}/manifests/{tag}"),
         )?;
         let head = String::from_utf8_lossy(&output.stdout).to_string();
-        if !head.starts_with("HTTP/1.1 200") {
+        // `HTTP/1.1 200 OK`, or `HTTP/2 200` over TLS.
+        if head.split_whitespace().nth(1) != Some("200") {
             return Ok(None);
         }
         Ok(head.lines().find_map(|l| {

@@ -1,7 +1,7 @@
 //! The registry's `/v2/` API: does it answer, does it accept our credentials
 //! (Basic or token auth), which digest does a tag point at; and (in `blobs`)
-//! the blob and manifest calls the OCI builder pushes and reads base images with.
-//! The engine builder pushes through the engine.
+//! the blob and manifest calls both builders push with (the engine's images
+//! through `oci::import`) and the OCI builder reads base images with.
 
 mod blobs;
 
@@ -70,7 +70,8 @@ impl std::fmt::Debug for Registry {
 
 impl Registry {
     /// Reach the image's registry and check the credentials for `access` to its repository.
-    /// `insecure` allows plain HTTP after HTTPS fails, as the engine does for insecure registries.
+    /// `insecure` is what the engine means by it: HTTPS without verifying the
+    /// certificate, then plain HTTP if HTTPS fails.
     pub async fn connect(
         image: &ImageRef,
         creds: Option<&Credentials>,
@@ -82,6 +83,7 @@ impl Registry {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("kubemark-xtask/", env!("CARGO_PKG_VERSION")))
+            .tls_danger_accept_invalid_certs(insecure)
             .build()
             .map_err(|e| Error::RegistryUnreachable {
                 registry: host.clone(),
