@@ -390,6 +390,18 @@ fn what_the_oci_builder_cannot_do_is_refused_naming_it_and_nothing_is_pushed() {
     engine_env
         .xtask(
             &Args::image(&registry.addr, "v1", upstream.url(), &engine_env.path("k"))
+                .opt("--compression", "zstd")
+                .flags(&["--engine-push"]),
+        )
+        .assert_code(2)
+        .stderr_has(&["--compression zstd needs this process to push"]);
+    fresh
+        .xtask(&oci("v3").flags(&["--engine-push"]))
+        .assert_code(2)
+        .stderr_has(&["--engine-push is for --builder engine"]);
+    engine_env
+        .xtask(
+            &Args::image(&registry.addr, "v1", upstream.url(), &engine_env.path("k"))
                 .opt("--base-image", "oci:/tmp"),
         )
         .assert_code(2)
@@ -434,7 +446,12 @@ fn elf_machine(binary: &[u8]) -> u16 {
 fn several_platforms_are_pushed_under_one_index_by_either_builder() {
     let registry = Registry::start();
     let upstream = Upstream::new();
-    for (builder, tag) in [("oci", "multi-oci"), ("engine", "multi-engine")] {
+    // The engine's images pushed by this process, or (--engine-push) by the engine.
+    for (builder, tag, engine_push) in [
+        ("oci", "multi-oci", false),
+        ("engine", "multi-engine", false),
+        ("engine", "multi-engine-push", true),
+    ] {
         let mut env = if builder == "oci" {
             without_engine()
         } else {
@@ -447,17 +464,19 @@ fn several_platforms_are_pushed_under_one_index_by_either_builder() {
             cleanup.extend(["linux-amd64", "linux-arm64"].map(|p| format!("{image}-{p}")));
         }
         let _cleanup = docker::Cleanup(cleanup);
-        env.xtask(
-            &Args::image(&registry.addr, tag, upstream.url(), &env.path("k"))
-                .opt("--builder", builder)
-                .opt("--platforms", "linux/amd64,linux/arm64"),
-        )
-        .assert_code(0)
-        .stderr_has(&[
-            "KUBE_BUILD_PLATFORMS=linux/amd64",
-            "KUBE_BUILD_PLATFORMS=linux/arm64",
-        ])
-        .stdout_has(&["linux/amd64 sha256:", "linux/arm64 sha256:"]);
+        let mut args = Args::image(&registry.addr, tag, upstream.url(), &env.path("k"))
+            .opt("--builder", builder)
+            .opt("--platforms", "linux/amd64,linux/arm64");
+        if engine_push {
+            args = args.flags(&["--engine-push"]);
+        }
+        env.xtask(&args)
+            .assert_code(0)
+            .stderr_has(&[
+                "KUBE_BUILD_PLATFORMS=linux/amd64",
+                "KUBE_BUILD_PLATFORMS=linux/arm64",
+            ])
+            .stdout_has(&["linux/amd64 sha256:", "linux/arm64 sha256:"]);
 
         // The tag names an index of both platforms; the record has its digest and each one's.
         let index = registry.manifest("kubemark", tag).unwrap();
@@ -490,9 +509,14 @@ fn several_platforms_are_pushed_under_one_index_by_either_builder() {
                 index["mediaType"],
                 "application/vnd.docker.distribution.manifest.list.v2+json"
             );
-            // The platforms' images are pushed by digest: no tag but the one asked for.
+            // Pushed by this process, the platforms' images go by digest: no tag
+            // but the one asked for. The engine's own push needs a tag for each.
             for p in ["linux-amd64", "linux-arm64"] {
-                assert_eq!(registry.digest("kubemark", &format!("{tag}-{p}")), None);
+                assert_eq!(
+                    registry.digest("kubemark", &format!("{tag}-{p}")).is_some(),
+                    engine_push,
+                    "{tag}-{p}"
+                );
             }
         }
 

@@ -399,9 +399,13 @@ pub mod docker {
         sh("docker", &["pull", "--quiet", image], None);
     }
 
+    /// Remove `image` only. `--no-prune` keeps its untagged parents: they are the
+    /// legacy builder's step cache, which other tests' builds share (same binary,
+    /// same COPY step) and may be building on at that moment (moby#29011: a build
+    /// then fails with "No such image").
     pub fn rmi(image: &str) {
         let _ = Command::new("docker")
-            .args(["rmi", "--force", image])
+            .args(["rmi", "--force", "--no-prune", image])
             .output();
     }
 

@@ -112,6 +112,26 @@ impl Credentials {
             Secret::Password(_) => None,
         }
     }
+
+    /// The `X-Registry-Auth` header the engine expects (base64url of a JSON AuthConfig).
+    pub(crate) fn engine_header(creds: Option<&Self>, server: &str) -> String {
+        use base64::Engine as _;
+        let json = match creds {
+            Some(c) => match &c.secret {
+                Secret::Password(p) => serde_json::json!({
+                    "username": c.username,
+                    "password": p,
+                    "serveraddress": server,
+                }),
+                Secret::IdentityToken(t) => serde_json::json!({
+                    "identitytoken": t,
+                    "serveraddress": server,
+                }),
+            },
+            None => serde_json::json!({}),
+        };
+        base64::engine::general_purpose::URL_SAFE.encode(json.to_string())
+    }
 }
 
 #[cfg(test)]

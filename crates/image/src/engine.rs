@@ -1,6 +1,11 @@
 //! The Docker engine: connect (as `DOCKER_HOST` says), negotiate the API
-//! version, build from a streamed context, inspect. The engine's images are
-//! pushed through the registry API (`oci::import`), not by the engine.
+//! version, build from a streamed context, inspect, and push (`--engine-push`,
+//! or an engine on containerd's image store; otherwise its images are read
+//! from its export and pushed through the registry API: `oci::import`).
+//!
+//! Pushing reads the engine's JSON stream itself: bollard's `PushImageInfo`
+//! drops the `id` and `aux` fields, and without them there are no per-layer
+//! bytes and no digest.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,8 +13,11 @@ use std::sync::Arc;
 
 use bollard::Docker;
 use bollard::query_parameters::BuildImageOptions;
+use bytes::Bytes;
 use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
 
+use crate::auth::Credentials;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::event::{CancellationToken, Event, Events};
@@ -94,6 +102,10 @@ pub struct Engine {
     pub api_version: String,
     insecure_cidrs: Vec<String>,
     insecure_registries: Vec<String>,
+    /// Whether it keeps images in containerd's image store (Docker 29's default):
+    /// there an image ID is a manifest's digest and the export holds compressed
+    /// layers, which `oci::import` does not read.
+    pub containerd_store: bool,
 }
 
 /// What the engine built.
@@ -140,6 +152,7 @@ impl Engine {
             .info()
             .await
             .map_err(|e| unreachable(e.to_string()))?;
+        let containerd_store = uses_containerd_store(info.driver_status.as_deref());
         let registry_config = info.registry_config.unwrap_or_default();
         let insecure_registries = registry_config
             .index_configs
@@ -156,6 +169,7 @@ impl Engine {
             api_version: format!("{}.{}", v.major_version, v.minor_version),
             insecure_cidrs: registry_config.insecure_registry_cidrs.unwrap_or_default(),
             insecure_registries,
+            containerd_store,
         })
     }
 
@@ -281,10 +295,169 @@ impl Engine {
         Ok(Built { id })
     }
 
+    /// Push `image` with `creds`; return the digest the registry stored.
+    pub async fn push(
+        &self,
+        image: &ImageRef,
+        creds: Option<&Credentials>,
+        events: &Events,
+        cancel: &CancellationToken,
+    ) -> Result<String> {
+        let failed = |message: String| Error::PushFailed {
+            image: image.to_string(),
+            message,
+        };
+        let path = format!(
+            "/v{}/images/{}/push?tag={}",
+            self.api_version,
+            image.name(),
+            image.tag
+        );
+        let request = |uri: hyper::Uri| {
+            hyper::Request::post(uri)
+                .header(
+                    "X-Registry-Auth",
+                    Credentials::engine_header(creds, &image.registry),
+                )
+                .header("Content-Type", "application/json")
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| failed(e.to_string()))
+        };
+        let executor = hyper_util::rt::TokioExecutor::new();
+        let response = match &self.endpoint {
+            Endpoint::Unix(socket) => {
+                let client = hyper_util::client::legacy::Client::builder(executor)
+                    .build(hyperlocal::UnixConnector);
+                client
+                    .request(request(hyperlocal::Uri::new(socket, &path).into())?)
+                    .await
+            }
+            Endpoint::Tcp(addr) => {
+                let client = hyper_util::client::legacy::Client::builder(executor).build_http();
+                let uri = format!("http://{addr}{path}")
+                    .parse()
+                    .map_err(|e: hyper::http::uri::InvalidUri| failed(e.to_string()))?;
+                client.request(request(uri)?).await
+            }
+        }
+        .map_err(|e| Error::EngineUnreachable {
+            endpoint: self.endpoint.to_string(),
+            reason: crate::registry::error_chain(&e),
+        })?;
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut buffer = Vec::new();
+        let mut digest = None;
+        let mut lines = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let frame = frame.map_err(|e| failed(format!("the engine's stream broke: {e}")))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            buffer.extend_from_slice(data);
+            while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                lines.push(line);
+            }
+            for line in lines.drain(..) {
+                handle_push_line(&line, status, events, &mut digest).map_err(&failed)?;
+            }
+        }
+        if !buffer.is_empty() {
+            handle_push_line(&buffer, status, events, &mut digest).map_err(&failed)?;
+        }
+        if !status.is_success() {
+            return Err(failed(format!("HTTP {status}")));
+        }
+        digest.ok_or_else(|| failed("the engine reported no digest".into()))
+    }
+
     /// The underlying bollard handle, for callers that need more (tests, benchmarks).
     pub fn docker(&self) -> &Docker {
         &self.docker
     }
+}
+
+#[derive(serde::Deserialize)]
+struct PushMessage {
+    status: Option<String>,
+    id: Option<String>,
+    #[serde(rename = "progressDetail")]
+    progress_detail: Option<ProgressDetail>,
+    aux: Option<PushAux>,
+    error: Option<String>,
+    message: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct ProgressDetail {
+    current: Option<u64>,
+    total: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct PushAux {
+    #[serde(rename = "Digest")]
+    digest: Option<String>,
+}
+
+fn handle_push_line(
+    line: &[u8],
+    status: hyper::StatusCode,
+    events: &Events,
+    digest: &mut Option<String>,
+) -> Result<(), String> {
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim();
+    if line.is_empty() {
+        return Ok(());
+    }
+    let Ok(message) = serde_json::from_str::<PushMessage>(line) else {
+        if status.is_success() {
+            return Ok(());
+        }
+        return Err(line.to_owned());
+    };
+    if let Some(error) = message
+        .error
+        .or(message.message.filter(|_| !status.is_success()))
+    {
+        return Err(error);
+    }
+    if let Some(d) = message.aux.and_then(|a| a.digest) {
+        *digest = Some(d);
+    }
+    let text = message.status.unwrap_or_default();
+    if digest.is_none()
+        && let Some(rest) = text.split("digest: ").nth(1)
+    {
+        *digest = rest.split_whitespace().next().map(str::to_owned);
+    }
+    if let Some(layer) = message.id {
+        let detail = message.progress_detail.unwrap_or(ProgressDetail {
+            current: None,
+            total: None,
+        });
+        events.emit(Event::PushLayer {
+            layer,
+            status: text,
+            current: detail.current.unwrap_or(0),
+            total: detail.total.unwrap_or(0),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `docker info`'s driver status says the containerd snapshotter
+/// (`[["driver-type", "io.containerd.snapshotter.v1"]]`).
+fn uses_containerd_store(status: Option<&[Vec<String>]>) -> bool {
+    status.unwrap_or_default().iter().any(|pair| {
+        matches!(pair.as_slice(), [key, value]
+            if key == "driver-type" && value.starts_with("io.containerd.snapshotter"))
+    })
 }
 
 /// `Step 2/3 : COPY kubemark /kubemark` → (2, 3, "COPY kubemark /kubemark").
@@ -336,6 +509,20 @@ mod tests {
     }
 
     #[test]
+    fn containerd_store_is_read_from_the_driver_status() {
+        let pair = |k: &str, v: &str| vec![k.to_owned(), v.to_owned()];
+        assert!(uses_containerd_store(Some(&[pair(
+            "driver-type",
+            "io.containerd.snapshotter.v1"
+        )])));
+        assert!(!uses_containerd_store(Some(&[
+            pair("Backing Filesystem", "extfs"),
+            pair("Supports d_type", "true")
+        ])));
+        assert!(!uses_containerd_store(None));
+    }
+
+    #[test]
     fn steps_and_cidrs() {
         assert_eq!(
             parse_step("Step 2/3 : COPY kubemark /kubemark"),
@@ -374,5 +561,34 @@ mod tests {
         ] {
             assert_eq!(unreadable_address(registry), None, "{registry}");
         }
+    }
+
+    #[test]
+    fn push_stream_lines() {
+        let events = Events::discard();
+        let ok = hyper::StatusCode::OK;
+        let mut digest = None;
+        handle_push_line(
+            br#"{"status":"Pushing","progressDetail":{"current":5,"total":10},"id":"abc"}"#,
+            ok,
+            &events,
+            &mut digest,
+        )
+        .unwrap();
+        assert_eq!(digest, None);
+        handle_push_line(
+            format!(
+                r#"{{"status":"v1: digest: sha256:{} size: 528"}}"#,
+                "a".repeat(64)
+            )
+            .as_bytes(),
+            ok,
+            &events,
+            &mut digest,
+        )
+        .unwrap();
+        assert_eq!(digest, Some(format!("sha256:{}", "a".repeat(64))));
+        let e = handle_push_line(br#"{"errorDetail":{"message":"denied"},"error":"denied: requested access to the resource is denied"}"#, ok, &events, &mut digest).unwrap_err();
+        assert!(e.contains("denied"));
     }
 }

@@ -77,10 +77,16 @@ pub struct Args {
         value_name = "OS/ARCH"
     )]
     platforms: Vec<String>,
-    /// With --builder oci: allow plain HTTP to a registry that is not on this machine
-    /// (one on this machine is reached over plain HTTP when HTTPS fails, as the engine does).
+    /// With --builder oci: treat a registry that is not on this machine as insecure, as the
+    /// engine means it: HTTPS without verifying its certificate, else plain HTTP (one on this
+    /// machine always is).
     #[arg(long, env = "KUBEMARK_INSECURE_REGISTRY")]
     insecure_registry: bool,
+    /// With --builder engine: let the engine push (its own gzip on one core, its proxies and
+    /// certs.d) rather than this process through the registry API. Always so for an engine on
+    /// containerd's image store.
+    #[arg(long, env = "KUBEMARK_ENGINE_PUSH")]
+    engine_push: bool,
     /// Build the image but do not push it.
     #[arg(long, env = "KUBEMARK_NO_PUSH")]
     no_push: bool,
@@ -318,6 +324,7 @@ fn spec(args: Args, global: &Global) -> Result<(Spec, bool), Failure> {
         },
         platforms,
         insecure_registry: args.insecure_registry,
+        engine_push: args.engine_push,
     };
     Ok((spec, args.dry_run))
 }

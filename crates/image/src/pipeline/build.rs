@@ -41,10 +41,17 @@ pub(super) fn layout_dir(spec: &Spec) -> std::path::PathBuf {
     spec.state_dir.join("oci")
 }
 
+/// Where an image is pushed, and the credentials the engine's own push sends.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Push<'a> {
+    pub registry: &'a Registry,
+    pub credentials: Option<&'a crate::auth::Credentials>,
+}
+
 pub(super) async fn with_engine(
     spec: &Spec,
     engine: &Engine,
-    registry: Option<&Registry>,
+    push: Option<Push<'_>>,
     targets: &[Target],
     events: &Events,
     cancel: &CancellationToken,
@@ -59,7 +66,8 @@ pub(super) async fn with_engine(
     // Every platform is built before any is pushed: a build that fails pushes nothing.
     let mut built = Vec::new();
     for target in targets {
-        // Several platforms: each under its own local tag (the engine's, never pushed).
+        // Several platforms: each under its own tag (the engine's; pushed only by
+        // the engine's own push).
         let image = if several {
             per_platform_tag(&spec.image, &target.platform)?
         } else {
@@ -95,15 +103,50 @@ pub(super) async fn with_engine(
             binary_sha256: target.context.binary_sha256.clone(),
         })
         .collect();
-    let digest = match registry {
-        Some(registry) => {
-            let images = engine_images(spec, engine, registry, &built, events, cancel).await?;
-            for (p, image) in platforms.iter_mut().zip(&images.1) {
+    let digest = match push {
+        Some(push) if spec.engine_push || engine.containerd_store => {
+            for (p, (_, target)) in platforms.iter_mut().zip(&built) {
+                let image = if several {
+                    per_platform_tag(&spec.image, &target.platform)?
+                } else {
+                    spec.image.clone()
+                };
+                let digest = super::engine_push::push_one(
+                    engine,
+                    push.registry,
+                    &image,
+                    push.credentials,
+                    events,
+                    cancel,
+                )
+                .await?;
+                p.digest = Some(digest);
+            }
+            if several {
+                Some(
+                    super::engine_push::manifest_list(push.registry, &spec.image, &platforms)
+                        .await?,
+                )
+            } else {
+                platforms[0].digest.clone()
+            }
+        }
+        Some(push) => {
+            let layout = Layout::create(&layout_dir(spec))?;
+            let pushed =
+                push_engine_images(spec, engine, push.registry, &layout, &built, events, cancel)
+                    .await;
+            // Pushed, the registry holds the blobs; failed, the next run exports again.
+            if let Err(e) = layout.prune_unnamed() {
+                events.emit(Event::Warning(format!(
+                    "{} keeps blobs of this push: {e}",
+                    layout.dir.display()
+                )));
+            }
+            let (digest, images) = pushed?;
+            for (p, image) in platforms.iter_mut().zip(&images) {
                 p.digest = Some(image.manifest.digest.clone());
             }
-            let digest =
-                push_and_check(spec, registry, &images.0, &images.1, events, cancel).await?;
-            images.0.prune_unnamed()?;
             Some(digest)
         }
         None => None,
@@ -126,17 +169,18 @@ fn per_platform_tag(image: &ImageRef, platform: &Platform) -> Result<ImageRef> {
         .map_err(Error::from)
 }
 
-/// The engine's images, read from its export into the layout for the registry
-/// push (the engine's own push gzips on one core: several times slower).
-async fn engine_images(
+/// The engine's images, read from its export into `layout` and pushed through the
+/// registry API (the engine's own push gzips on one core: several times slower).
+/// Returns the tag's digest and the images.
+async fn push_engine_images(
     spec: &Spec,
     engine: &Engine,
     registry: &Registry,
+    layout: &Layout,
     built: &[(String, &Target)],
     events: &Events,
     cancel: &CancellationToken,
-) -> Result<(Layout, Vec<oci::Image>)> {
-    let layout = Layout::create(&layout_dir(spec))?;
+) -> Result<(String, Vec<oci::Image>)> {
     let options = oci::Options {
         compression: spec.compression,
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -155,7 +199,7 @@ async fn engine_images(
         let started = std::time::Instant::now();
         let base = lender(spec, engine, registry, target, events).await;
         let image = oci::import::from_engine(
-            &layout,
+            layout,
             engine,
             id,
             &target.platform,
@@ -174,7 +218,8 @@ async fn engine_images(
         });
         images.push(image);
     }
-    Ok((layout, images))
+    let digest = push_and_check(spec, registry, layout, &images, events, cancel).await?;
+    Ok((digest, images))
 }
 
 /// The base image, when it lies on the registry pushed to: its layers are then

@@ -25,6 +25,7 @@ pub async fn execute(
         plan,
         engine,
         registry,
+        credentials,
         local,
         resolved,
         _lock,
@@ -211,7 +212,11 @@ pub async fn execute(
     // Image and push.
     let produced = match (&engine, spec.builder) {
         (Some(engine), Builder::Engine) => {
-            build::with_engine(spec, engine, registry.as_ref(), &targets, events, cancel).await?
+            let push = registry.as_ref().map(|r| build::Push {
+                registry: r,
+                credentials: credentials.as_ref(),
+            });
+            build::with_engine(spec, engine, push, &targets, events, cancel).await?
         }
         _ => build::with_oci(spec, registry.as_ref(), &targets, events, cancel).await?,
     };

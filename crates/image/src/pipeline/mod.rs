@@ -3,6 +3,7 @@
 //! [`execute`] (source, make, image, push) → [`Outcome`] and a [`Record`].
 
 mod build;
+mod engine_push;
 mod execute;
 mod inputs;
 mod lock;
@@ -51,6 +52,8 @@ pub struct Spec {
     pub platforms: Vec<Platform>,
     /// Let the OCI builder talk plain HTTP to a registry that is not on this machine.
     pub insecure_registry: bool,
+    /// The engine pushes its image itself (else this process does, through the registry API).
+    pub engine_push: bool,
 }
 
 /// Who builds and pushes the image.
@@ -153,6 +156,8 @@ pub struct Prepared {
     pub plan: Plan,
     engine: Option<Engine>,
     registry: Option<Registry>,
+    /// For the engine's own push.
+    credentials: Option<Credentials>,
     local: Local,
     resolved: Option<Resolved>,
     _lock: std::fs::File,

@@ -112,6 +112,25 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
                 "Docker engine {} (API {}) at {}",
                 engine.version, engine.api_version, engine.endpoint
             ));
+            if spec.push && engine.containerd_store && !spec.engine_push {
+                events.note(
+                    "the engine keeps images in containerd's image store, whose export this tool does not read: the engine pushes (as with --engine-push)",
+                );
+            }
+            if spec.push
+                && (spec.engine_push || engine.containerd_store)
+                && spec.compression != crate::oci::Compression::Gzip
+            {
+                return Err(Error::Usage(format!(
+                    "--compression {} needs this process to push, and {}: the engine pushes gzip layers",
+                    spec.compression,
+                    if spec.engine_push {
+                        "--engine-push is given"
+                    } else {
+                        "the engine keeps images in containerd's image store"
+                    }
+                )));
+            }
             Some(engine)
         }
         Builder::Oci => {
@@ -124,7 +143,7 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         }
     };
 
-    let registry = if spec.push {
+    let (registry, credentials) = if spec.push {
         let credentials = match &spec.credentials {
             Some(c) => Some(c.clone()),
             None => Credentials::from_docker_config(&spec.image)?,
@@ -140,9 +159,9 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
             registry.base_url(),
             registry.auth_description
         ));
-        Some(registry)
+        (Some(registry), credentials)
     } else {
-        None
+        (None, None)
     };
 
     let action = match &local {
@@ -217,6 +236,7 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         plan,
         engine,
         registry,
+        credentials,
         local,
         resolved,
         _lock: lock,
@@ -345,6 +365,12 @@ fn check_builder_options(spec: &Spec) -> Result<()> {
                 reason: e.to_string(),
             })?;
         }
+    }
+    if spec.builder == Builder::Oci && spec.engine_push {
+        return Err(Error::Usage(
+            "--engine-push is for --builder engine; --builder oci pushes through the registry API"
+                .into(),
+        ));
     }
     if spec.builder == Builder::Engine && spec.insecure_registry {
         return Err(Error::Usage(
