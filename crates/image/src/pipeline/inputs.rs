@@ -88,3 +88,28 @@ pub(super) fn combine(
     }
     format!("sha256:{}", context::hex(&h.finalize()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::Compression;
+
+    #[test]
+    fn the_record_fingerprint_counts_the_builder_and_any_compression_but_gzip() {
+        let one = vec!["sha256:aa".to_owned()];
+        // The engine's gzip image keeps the fingerprint it always had: older records stay current.
+        assert_eq!(
+            combine(&one, Builder::Engine, Compression::Gzip),
+            "sha256:aa"
+        );
+        let all = [
+            combine(&one, Builder::Engine, Compression::Gzip),
+            combine(&one, Builder::Engine, Compression::Zstd),
+            combine(&one, Builder::Engine, Compression::None),
+            combine(&one, Builder::Oci, Compression::Gzip),
+            combine(&one, Builder::Oci, Compression::Zstd),
+        ];
+        let distinct: std::collections::BTreeSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len(), "{all:?}");
+    }
+}
