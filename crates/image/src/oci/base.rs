@@ -60,6 +60,27 @@ impl Base {
     }
 }
 
+/// Resolve `name` for `platform` as the base the OCI builder builds on: as
+/// [`resolve`], and a base with `ONBUILD` triggers is refused (this builder would
+/// skip them; the engine's legacy builder runs them).
+pub async fn resolve_to_build_on(name: &str, platform: &Platform, insecure: bool) -> Result<Base> {
+    let base = resolve(name, platform, insecure).await?;
+    if base
+        .config
+        .as_ref()
+        .and_then(|c| c.pointer("/config/OnBuild"))
+        .and_then(|o| o.as_array())
+        .is_some_and(|o| !o.is_empty())
+    {
+        return Err(Error::BaseImage {
+            reason: format!(
+                "{name}: it has ONBUILD triggers, which --builder oci does not run; use --builder engine"
+            ),
+        });
+    }
+    Ok(base)
+}
+
 /// Resolve `name` for `platform`. `insecure` allows plain HTTP to a registry.
 pub async fn resolve(name: &str, platform: &Platform, insecure: bool) -> Result<Base> {
     let fail = |reason: String| Error::BaseImage {
@@ -152,18 +173,6 @@ fn finish(
             text("architecture"),
             text("variant")
         )));
-    }
-    // Triggers the base leaves for the image built from it: this builder would
-    // skip them, so it refuses (the engine's legacy builder runs them).
-    if config
-        .pointer("/config/OnBuild")
-        .and_then(|o| o.as_array())
-        .is_some_and(|o| !o.is_empty())
-    {
-        return Err(fail(
-            "it has ONBUILD triggers, which --builder oci does not run; use --builder engine"
-                .into(),
-        ));
     }
     let diff_ids = config
         .pointer("/rootfs/diff_ids")
@@ -291,6 +300,35 @@ fn pick_in_layout(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_base_with_onbuild_triggers_is_refused_to_build_on_but_lends_its_layers() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let host = Platform::host();
+        let config = serde_json::json!({
+            "architecture": host.architecture, "os": host.os,
+            "config": {"OnBuild": ["RUN make"]},
+            "rootfs": {"type": "layers", "diff_ids": []},
+        });
+        let config = layout
+            .write_blob(media::OCI_CONFIG, config.to_string().as_bytes())
+            .unwrap();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
+            "config": config, "layers": [],
+        });
+        let manifest = layout
+            .write_blob(media::OCI_MANIFEST, manifest.to_string().as_bytes())
+            .unwrap();
+        layout.set_ref("base", manifest).unwrap();
+        let name = format!("oci:{}", dir.path().display());
+        let e = resolve_to_build_on(&name, &host, false).await.unwrap_err();
+        assert!(e.to_string().contains("ONBUILD triggers"), "{e}");
+        // What the engine built on it is pushed with the base read as it is.
+        let base = resolve(&name, &host, false).await.unwrap();
+        assert_eq!(base.config_digest.as_deref(), Some(config.digest.as_str()));
+    }
 
     #[test]
     fn docker_layer_types_carry_over_and_others_are_refused() {

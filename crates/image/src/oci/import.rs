@@ -64,7 +64,7 @@ pub async fn from_engine(
     let shared = base.map(base_layers).unwrap_or_default();
     let (job_layout, job_cancel, job_id) = (layout.clone(), cancel.clone(), id.to_owned());
     let read = tokio::task::spawn_blocking(move || {
-        let export = read_export(reader, &job_layout, options, &job_cancel)?;
+        let export = read_export(reader, &job_layout, options, &shared, &job_cancel)?;
         assemble(export, &job_id, &job_layout, options, &shared, &job_cancel)
     })
     .await
@@ -182,10 +182,13 @@ impl<R: Read> Read for Watched<R> {
     }
 }
 
+/// Read the export's files; a layer the base lends (`shared`), when its name
+/// says its diff ID (Docker 25's `blobs/sha256/<hex>`), is skipped unread.
 fn read_export(
     reader: impl Read,
     layout: &Layout,
     options: Options,
+    shared: &HashMap<String, Descriptor>,
     cancel: &CancellationToken,
 ) -> Result<Export, Fault> {
     let failed = std::rc::Rc::default();
@@ -193,7 +196,7 @@ fn read_export(
         inner: reader,
         failed: std::rc::Rc::clone(&failed),
     };
-    read_entries(watched, layout, options, cancel).map_err(|fault| {
+    read_entries(watched, layout, options, shared, cancel).map_err(|fault| {
         match (fault, failed.borrow_mut().take()) {
             (Fault::Other(Error::Io { .. }), Some(e)) => Fault::Io(e),
             (fault, _) => fault,
@@ -205,6 +208,7 @@ fn read_entries(
     reader: impl Read,
     layout: &Layout,
     options: Options,
+    shared: &HashMap<String, Descriptor>,
     cancel: &CancellationToken,
 ) -> Result<Export, Fault> {
     let mut export = Export::default();
@@ -227,6 +231,11 @@ fn read_entries(
                 continue;
             }
             _ => continue,
+        }
+        if let Some(hex) = path.strip_prefix("blobs/sha256/")
+            && shared.contains_key(&format!("sha256:{hex}"))
+        {
+            continue;
         }
         if entry.size() <= IN_MEMORY {
             let mut bytes = Vec::with_capacity(entry.size() as usize);
@@ -456,9 +465,42 @@ mod tests {
     }
 
     fn take(tar: &[u8], id: &str, layout: &Layout) -> Result<Assembled, Fault> {
+        take_over(tar, id, layout, &HashMap::new())
+    }
+
+    fn take_over(
+        tar: &[u8],
+        id: &str,
+        layout: &Layout,
+        shared: &HashMap<String, Descriptor>,
+    ) -> Result<Assembled, Fault> {
         let cancel = CancellationToken::new();
-        let export = read_export(tar, layout, options(), &cancel)?;
-        assemble(export, id, layout, options(), &HashMap::new(), &cancel)
+        let export = read_export(tar, layout, options(), shared, &cancel)?;
+        assemble(export, id, layout, options(), shared, &cancel)
+    }
+
+    #[test]
+    fn a_layer_the_base_lends_is_taken_from_the_base_and_not_compressed_when_named() {
+        let (tar, id, layers) = export(true, None);
+        let lent = Descriptor {
+            media_type: Compression::Gzip.media_type().into(),
+            digest: format!("sha256:{}", "b".repeat(64)),
+            size: 5,
+            platform: None,
+            annotations: Default::default(),
+        };
+        let shared = HashMap::from([(digest_of(&layers[1]), lent.clone())]);
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::create(dir.path()).unwrap();
+        let taken =
+            take_over(&tar, &id, &layout, &shared).unwrap_or_else(|f| panic!("{}", message(f)));
+        assert_eq!(taken.layers[1], (lent, true));
+        assert!(!taken.layers[0].1);
+        // Only the small layer was compressed into the layout.
+        let blobs = std::fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .count();
+        assert_eq!(blobs, 1);
     }
 
     fn message(fault: Fault) -> String {
@@ -518,7 +560,7 @@ mod tests {
             }
         }
         let cancel = CancellationToken::new();
-        let fault = read_export(Failing(&tar), &layout, options(), &cancel)
+        let fault = read_export(Failing(&tar), &layout, options(), &HashMap::new(), &cancel)
             .err()
             .unwrap();
         assert_eq!(message(fault), "io: the engine went away");

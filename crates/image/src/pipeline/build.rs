@@ -197,7 +197,7 @@ async fn push_engine_images(
             ),
         });
         let started = std::time::Instant::now();
-        let base = lender(spec, engine, registry, target, events).await;
+        let base = lender(spec, engine, registry, target, events, cancel).await;
         let image = oci::import::from_engine(
             layout,
             engine,
@@ -232,6 +232,7 @@ async fn lender(
     registry: &Registry,
     target: &Target,
     events: &Events,
+    cancel: &CancellationToken,
 ) -> Option<oci::base::Base> {
     let name = &target.context.base;
     let base = ImageRef::parse(name).ok()?;
@@ -239,7 +240,12 @@ async fn lender(
         return None;
     }
     let insecure = engine.is_insecure_registry(&base);
-    match oci::base::resolve(name, &target.platform, insecure).await {
+    let read = tokio::select! {
+        read = oci::base::resolve(name, &target.platform, insecure) => read,
+        // The export that follows sees the cancel and says so.
+        () = cancel.cancelled() => return None,
+    };
+    match read {
         Ok(base) => Some(base),
         Err(e) => {
             events.emit(Event::Note(format!(

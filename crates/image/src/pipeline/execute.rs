@@ -149,7 +149,8 @@ pub async fn execute(
                 };
                 let recipe = oci::dockerfile::parse(&context.dockerfile, scope)?;
                 let base =
-                    oci::base::resolve(&recipe.base, &platform, spec.insecure_registry).await?;
+                    oci::base::resolve_to_build_on(&recipe.base, &platform, spec.insecure_registry)
+                        .await?;
                 let id = base
                     .config_digest
                     .clone()

@@ -286,7 +286,8 @@ async fn dockerfile_check(
                 && let Some(base) = spec.base_image.as_deref()
             {
                 for platform in &platforms {
-                    crate::oci::base::resolve(base, platform, spec.insecure_registry).await?;
+                    crate::oci::base::resolve_to_build_on(base, platform, spec.insecure_registry)
+                        .await?;
                 }
             }
             return Ok(());
@@ -313,7 +314,12 @@ async fn dockerfile_check(
                     base_env: &[],
                 };
                 let recipe = crate::oci::dockerfile::parse(&text, scope)?;
-                crate::oci::base::resolve(&recipe.base, platform, spec.insecure_registry).await?;
+                crate::oci::base::resolve_to_build_on(
+                    &recipe.base,
+                    platform,
+                    spec.insecure_registry,
+                )
+                .await?;
             }
         }
     }
