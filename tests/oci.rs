@@ -186,6 +186,57 @@ fn a_loopback_registry_on_https_with_an_untrusted_certificate_is_pushed_to_as_th
     assert!(registry.digest("kubemark", "tls-oci").is_some());
 }
 
+#[test]
+fn ctrl_c_stops_a_push_to_a_registry_that_stopped_answering_at_once_with_either_builder() {
+    /// Lets the registry run again however the test ends.
+    struct Resume(u32);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &self.0.to_string()])
+                .status();
+        }
+    }
+    let registry = Registry::start();
+    let upstream = Upstream::new();
+    for builder in ["engine", "oci"] {
+        let env = if builder == "oci" {
+            without_engine()
+        } else {
+            Env::new()
+        };
+        let tag = format!("frozen-{builder}");
+        let _cleanup = docker::Cleanup(vec![format!("{}/kubemark:{tag}", registry.addr)]);
+        let args = Args::image(&registry.addr, &tag, upstream.url(), &env.path("k"))
+            .opt("--builder", builder);
+        let mut child = env.spawn(&args);
+        // Past the preflight (the registry's last use before the push), it stops answering.
+        let (building, reader) = support::watch_stderr(&mut child, "==> image");
+        building
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the image stage starts");
+        support::sh("kill", &["-STOP", &registry.pid().to_string()], None);
+        let resume = Resume(registry.pid());
+        // The push is under way (or about to be), its request unanswered.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let started = std::time::Instant::now();
+        support::sh("kill", &["-INT", &child.id().to_string()], None);
+        let status = child.wait().unwrap();
+        let seen = reader.join().unwrap();
+        assert_eq!(status.code(), Some(130), "{builder}: {seen}");
+        assert!(seen.contains("error: cancelled"), "{builder}: {seen}");
+        // Not the request's own 30 s timeout.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{builder}: took {:?}",
+            started.elapsed()
+        );
+        drop(resume);
+        assert!(!env.has_record());
+        assert_eq!(registry.digest("kubemark", &tag), None);
+    }
+}
+
 /// This machine's platform in Go's names, as the builder records it.
 fn host_platform() -> String {
     let arch = match std::env::consts::ARCH {

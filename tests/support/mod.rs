@@ -117,6 +117,11 @@ impl Registry {
         self.inner.repositories().unwrap()
     }
 
+    /// The server's process id (to stop it with SIGSTOP: a registry that no longer answers).
+    pub fn pid(&self) -> u32 {
+        self.inner.pid()
+    }
+
     pub fn manifest(&self, repository: &str, reference: &str) -> Option<serde_json::Value> {
         self.inner.manifest(repository, reference).unwrap()
     }

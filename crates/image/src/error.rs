@@ -40,7 +40,7 @@ pub enum Error {
         reason: String,
     },
 
-    #[error("the registry {registry} answered unexpectedly while {doing}: {reason}")]
+    #[error("the registry {registry} failed while {doing}: {reason}")]
     Registry {
         registry: String,
         doing: String,

@@ -62,10 +62,21 @@ pub async fn from_engine(
     let reader =
         io::BufReader::with_capacity(1 << 20, SyncIoBridge::new(StreamReader::new(stream)));
     let shared = base.map(base_layers).unwrap_or_default();
-    let (job_layout, job_cancel, job_id) = (layout.clone(), cancel.clone(), id.to_owned());
+    let (job_layout, job_cancel) = (layout.clone(), cancel.clone());
+    let exporting = Exporting {
+        endpoint: engine.endpoint.to_string(),
+        id: id.to_owned(),
+    };
     let read = tokio::task::spawn_blocking(move || {
         let export = read_export(reader, &job_layout, options, &shared, &job_cancel)?;
-        assemble(export, &job_id, &job_layout, options, &shared, &job_cancel)
+        assemble(
+            export,
+            &exporting,
+            &job_layout,
+            options,
+            &shared,
+            &job_cancel,
+        )
     })
     .await
     .map_err(|e| Error::Usage(format!("internal: reading the engine's export failed: {e}")))?;
@@ -267,6 +278,12 @@ struct SaveEntry {
     layers: Vec<String>,
 }
 
+/// Which engine export is read, for its errors.
+struct Exporting {
+    endpoint: String,
+    id: String,
+}
+
 /// The config's bytes and each layer's descriptor, and whether it is the base's.
 struct Assembled {
     config: Vec<u8>,
@@ -275,15 +292,18 @@ struct Assembled {
 
 fn assemble(
     export: Export,
-    id: &str,
+    exporting: &Exporting,
     layout: &Layout,
     options: Options,
     shared: &HashMap<String, Descriptor>,
     cancel: &CancellationToken,
 ) -> Result<Assembled, Fault> {
-    let broken = |reason: String| Error::BuildFailed {
-        message: format!("the engine's export of {id} {reason}"),
-        step: None,
+    let id = exporting.id.as_str();
+    // The engine built the image; what it exported does not hold together.
+    let broken = |reason: String| Error::Engine {
+        endpoint: exporting.endpoint.clone(),
+        doing: format!("exporting {id}"),
+        reason: format!("its export {reason}"),
     };
     let manifest = export
         .small
@@ -476,7 +496,11 @@ mod tests {
     ) -> Result<Assembled, Fault> {
         let cancel = CancellationToken::new();
         let export = read_export(tar, layout, options(), shared, &cancel)?;
-        assemble(export, id, layout, options(), shared, &cancel)
+        let exporting = Exporting {
+            endpoint: "unix:///test.sock".into(),
+            id: id.into(),
+        };
+        assemble(export, &exporting, layout, options(), shared, &cancel)
     }
 
     #[test]

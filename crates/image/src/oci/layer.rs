@@ -192,6 +192,11 @@ pub(super) fn store(
     };
     out.into_inner()
         .map_err(|e| Error::io("writing a layer in", &layout.dir)(e.into_error()))?;
+    // Readable as the layout's other files are (a temporary file is the owner's only).
+    let readable = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644);
+    tmp.as_file()
+        .set_permissions(readable)
+        .map_err(Error::io("writing a layer in", &layout.dir))?;
     let blob = layout.blob_path(&digests.digest);
     tmp.persist(&blob)
         .map_err(|e| Error::io("writing", &blob)(e.error))?;

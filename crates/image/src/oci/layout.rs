@@ -143,6 +143,14 @@ impl Layout {
     /// Whether `dir` can be the builder's own layout: absent, empty, or marked as made
     /// by this tool (checked by the preflight; [`Layout::create`] checks again).
     pub fn check_ours(dir: &Path) -> Result<()> {
+        // Something there that is no folder (a file, a dangling link) would fail
+        // the run after make and the build.
+        if std::fs::symlink_metadata(dir).is_ok() && !dir.is_dir() {
+            return Err(Error::Usage(format!(
+                "{} exists and is not a folder: the OCI layout goes there; move it away or pass another --state-dir",
+                dir.display()
+            )));
+        }
         let occupied = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
         if occupied && !dir.join(OWNER_MARK).is_file() {
             return Err(Error::Usage(format!(
@@ -186,7 +194,9 @@ impl Layout {
     pub fn write_blob(&self, media_type: &str, bytes: &[u8]) -> Result<Descriptor> {
         let digest = digest_of(bytes);
         let path = self.blob_path(&digest);
-        if !path.is_file() {
+        // A file there that does not hold these bytes (damaged) is replaced.
+        let held = std::fs::read(&path).is_ok_and(|held| held == bytes);
+        if !held {
             write_atomically(&path, bytes)?;
         }
         Ok(Descriptor {
@@ -382,6 +392,15 @@ mod tests {
         Layout::create(empty.path()).unwrap();
         assert!(!valid_digest("sha256:../../etc/passwd"));
         assert!(valid_digest(&format!("sha256:{}", "0a".repeat(32))));
+        // A file, or a link to nowhere, where the layout goes: refused, left as it is.
+        let file = dir.path().join("oci");
+        std::fs::write(&file, b"mine").unwrap();
+        let e = Layout::check_ours(&file).unwrap_err().to_string();
+        assert!(e.contains("is not a folder"), "{e}");
+        let link = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &link).unwrap();
+        assert!(Layout::check_ours(&link).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"mine");
     }
 
     #[test]
@@ -408,6 +427,11 @@ mod tests {
         assert_eq!(layout.read_blob(&layer.digest).unwrap(), b"layer");
         std::fs::write(layout.blob_path(&layer.digest), b"changed").unwrap();
         assert!(layout.read_blob(&layer.digest).is_err());
+        // Written again, a damaged blob is replaced.
+        layout
+            .write_blob("application/octet-stream", b"layer")
+            .unwrap();
+        assert_eq!(layout.read_blob(&layer.digest).unwrap(), b"layer");
         layout.remove_ref("r:1").unwrap();
         assert!(layout.named("r:1").unwrap().is_none());
         assert!(!layout.blob_path(&layer.digest).exists());

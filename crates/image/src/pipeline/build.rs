@@ -188,11 +188,11 @@ async fn push_engine_images(
     let mut images = Vec::new();
     for (id, target) in built {
         events.emit(Event::Stage {
-            stage: Stage::Push,
+            stage: Stage::Image,
             what: format!(
-                "reading {} from the engine, layers {}-compressed on {} threads",
+                "reading {} from the engine, layers {} on {} threads",
                 crate::registry::short(id),
-                options.compression,
+                options.compression.describe(),
                 options.threads
             ),
         });
@@ -209,7 +209,7 @@ async fn push_engine_images(
         )
         .await?;
         events.emit(Event::StageDone {
-            stage: Stage::Push,
+            stage: Stage::Image,
             what: format!(
                 "manifest {} in {:.1}s",
                 crate::registry::short(&image.manifest.digest),
@@ -271,24 +271,38 @@ async fn push_and_check(
         what: format!("pushing {} to {}", spec.image, registry.base_url()),
     });
     let started = std::time::Instant::now();
-    let digest = oci::build::push(registry, &spec.image, layout, images, events, cancel).await?;
-    match registry.manifest_digest(&spec.image).await? {
-        Some(served) if served == digest => {}
-        served => {
-            return Err(Error::PushFailed {
-                image: spec.image.to_string(),
-                message: format!(
-                    "pushed {digest} but the registry serves {}",
-                    served.as_deref().unwrap_or("nothing")
-                ),
-            });
-        }
-    }
+    // A registry that stopped answering holds a request for up to its timeout:
+    // Ctrl-C drops the push (and the request under way) at once.
+    let digest = tokio::select! {
+        pushed = oci::build::push(registry, &spec.image, layout, images, events, cancel) => pushed?,
+        () = cancel.cancelled() => return Err(Error::Cancelled),
+    };
+    check_served(registry, &spec.image, &digest, "pushed").await?;
     events.emit(Event::StageDone {
         stage: Stage::Push,
         what: format!("{digest} in {:.1}s", started.elapsed().as_secs_f64()),
     });
     Ok(digest)
+}
+
+/// The registry serves `digest` under `image`'s tag, as whoever pushed (`pushed`,
+/// `the engine reported`) said.
+pub(super) async fn check_served(
+    registry: &Registry,
+    image: &ImageRef,
+    digest: &str,
+    said: &str,
+) -> Result<()> {
+    match registry.manifest_digest(image).await? {
+        Some(served) if served == digest => Ok(()),
+        served => Err(Error::PushFailed {
+            image: image.to_string(),
+            message: format!(
+                "{said} {digest} but the registry serves {}",
+                served.as_deref().unwrap_or("nothing")
+            ),
+        }),
+    }
 }
 
 pub(super) async fn with_oci(

@@ -27,19 +27,11 @@ pub(super) async fn push_one(
         what: format!("pushing {image} to {}", registry.base_url()),
     });
     let started = std::time::Instant::now();
-    let digest = engine.push(image, credentials, events, cancel).await?;
-    match registry.manifest_digest(image).await? {
-        Some(served) if served == digest => {}
-        served => {
-            return Err(Error::PushFailed {
-                image: image.to_string(),
-                message: format!(
-                    "the engine reported {digest} but the registry serves {}",
-                    served.as_deref().unwrap_or("nothing")
-                ),
-            });
-        }
-    }
+    let digest = tokio::select! {
+        pushed = engine.push(image, credentials, events, cancel) => pushed?,
+        () = cancel.cancelled() => return Err(Error::Cancelled),
+    };
+    super::build::check_served(registry, image, &digest, "the engine reported").await?;
     events.emit(Event::StageDone {
         stage: Stage::Push,
         what: format!("{digest} in {:.1}s", started.elapsed().as_secs_f64()),

@@ -148,9 +148,14 @@ pub async fn execute(
                     base_env: &[],
                 };
                 let recipe = oci::dockerfile::parse(&context.dockerfile, scope)?;
-                let base =
-                    oci::base::resolve_to_build_on(&recipe.base, &platform, spec.insecure_registry)
-                        .await?;
+                let base = tokio::select! {
+                    base = oci::base::resolve_to_build_on(
+                        &recipe.base,
+                        &platform,
+                        spec.insecure_registry,
+                    ) => base?,
+                    () = cancel.cancelled() => return Err(Error::Cancelled),
+                };
                 let id = base
                     .config_digest
                     .clone()

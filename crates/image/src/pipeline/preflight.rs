@@ -136,8 +136,8 @@ pub async fn preflight(spec: &Spec, events: &Events) -> Result<Prepared> {
         Builder::Oci => {
             crate::oci::Layout::check_ours(&super::build::layout_dir(spec))?;
             events.note(format!(
-                "building in this process (--builder oci), layers {}-compressed",
-                spec.compression
+                "building in this process (--builder oci), layers {}",
+                spec.compression.describe()
             ));
             None
         }

@@ -259,7 +259,12 @@ impl Registry {
         &self,
         make: impl Fn() -> reqwest::RequestBuilder,
     ) -> reqwest::Result<reqwest::Response> {
-        let response = self.authorize(make()).send().await?;
+        // Errors without their URL: an upload's carries its session token.
+        let response = self
+            .authorize(make())
+            .send()
+            .await
+            .map_err(reqwest::Error::without_url)?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -275,7 +280,10 @@ impl Registry {
                 if let Ok(mut current) = t.current.write() {
                     *current = fresh;
                 }
-                self.authorize(make()).send().await
+                self.authorize(make())
+                    .send()
+                    .await
+                    .map_err(reqwest::Error::without_url)
             }
             Err(_) => Ok(response),
         }

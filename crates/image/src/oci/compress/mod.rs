@@ -100,6 +100,15 @@ impl Compression {
         }
     }
 
+    /// What a layer compressed so is: `gzip-compressed`, `uncompressed`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip-compressed",
+            Compression::Zstd => "zstd-compressed",
+            Compression::None => "uncompressed",
+        }
+    }
+
     /// The OCI media type of a layer compressed so.
     pub fn media_type(self) -> &'static str {
         match self {
