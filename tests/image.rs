@@ -966,6 +966,22 @@ fn settings_follow_flags_then_environment_then_file() {
         plan(&env, &["--tag", "from-flag"])["image"],
         "file.example/kubemark:from-flag"
     );
+    // A boolean in the environment as shells write one (`1`, `yes`, `on`), not only `true`.
+    std::fs::write(
+        env.path("kubemark.toml"),
+        format!(
+            "[image]\nregistry = \"file.example\"\nkubernetes-repo = \"{}\"\nsource-dir = \"{}\"\n",
+            upstream.url(),
+            src.display()
+        ),
+    )
+    .unwrap();
+    env.set("KUBEMARK_NO_PUSH", "1");
+    assert_eq!(plan(&env, &[])["push"], serde_json::Value::Null);
+    env.set("KUBEMARK_NO_PUSH", "maybe");
+    env.xtask(&["image", "--dry-run"])
+        .assert_code(2)
+        .stderr_has(&["invalid value 'maybe' for '--no-push'"]);
     // The dry run changed nothing.
     assert!(!src.exists());
     assert!(!env.has_record());

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 
 use kubemark_deploy::Error;
 
+use clap::builder::BoolishValueParser;
+
 use crate::Global;
 use crate::progress::Renderer;
 use crate::report::Failure;
@@ -119,13 +121,13 @@ pub struct DeployArgs {
     #[arg(long, env = "KUBEMARK_TIMEOUT")]
     timeout: Option<String>,
     /// Apply and return; do not wait for the nodes.
-    #[arg(long, env = "KUBEMARK_NO_WAIT")]
+    #[arg(long, env = "KUBEMARK_NO_WAIT", value_parser = BoolishValueParser::new())]
     no_wait: bool,
     /// Accept a master kubeconfig whose server is a loopback address (pods on the host network).
-    #[arg(long, env = "KUBEMARK_ALLOW_LOOPBACK_MASTER")]
+    #[arg(long, env = "KUBEMARK_ALLOW_LOOPBACK_MASTER", value_parser = BoolishValueParser::new())]
     allow_loopback_master: bool,
     /// Deploy even if the external cluster seems too small.
-    #[arg(long, env = "KUBEMARK_SKIP_CAPACITY_CHECK")]
+    #[arg(long, env = "KUBEMARK_SKIP_CAPACITY_CHECK", value_parser = BoolishValueParser::new())]
     skip_capacity_check: bool,
     /// Which credential the hollow kubelets use: `per-node` (each its own
     /// system:node certificate by TLS bootstrap), `shared` (the master
@@ -135,7 +137,7 @@ pub struct DeployArgs {
     node_identity: NodeIdentityArg,
     /// Take over existing objects with the names deploy writes (a Secret `kubeconfig`, ...)
     /// that deploy did not make: deploy overwrites them and destroy deletes them.
-    #[arg(long, env = "KUBEMARK_ADOPT")]
+    #[arg(long, env = "KUBEMARK_ADOPT", value_parser = BoolishValueParser::new())]
     adopt: bool,
     /// Check both clusters and print the plan; write nothing.
     #[arg(long)]

@@ -8,6 +8,8 @@ use kubemark_image::error::RemoteCause;
 use kubemark_image::oci::{Compression, Platform};
 use kubemark_image::{Builder, Credentials, Error, ImageRef, Outcome, Plan, SourceSpec, Spec};
 
+use clap::builder::BoolishValueParser;
+
 use crate::Global;
 use crate::config::Given;
 use crate::progress::Renderer;
@@ -52,10 +54,10 @@ pub struct Args {
     #[arg(long, env = "KUBEMARK_DEPTH", default_value_t = 1)]
     depth: u32,
     /// Build the checkout as it is, without fetching.
-    #[arg(long, env = "KUBEMARK_NO_UPDATE")]
+    #[arg(long, env = "KUBEMARK_NO_UPDATE", value_parser = BoolishValueParser::new())]
     no_update: bool,
     /// Build a checkout with local changes as it is; the image is labelled dirty.
-    #[arg(long, env = "KUBEMARK_ALLOW_DIRTY")]
+    #[arg(long, env = "KUBEMARK_ALLOW_DIRTY", value_parser = BoolishValueParser::new())]
     allow_dirty: bool,
     /// Replace the base image (the Dockerfile's final FROM), e.g. a mirror of go-runner.
     #[arg(long, env = "KUBEMARK_BASE_IMAGE", value_name = "IMAGE")]
@@ -80,18 +82,18 @@ pub struct Args {
     /// With --builder oci: treat a registry that is not on this machine as insecure, as the
     /// engine means it: HTTPS without verifying its certificate, else plain HTTP (one on this
     /// machine always is).
-    #[arg(long, env = "KUBEMARK_INSECURE_REGISTRY")]
+    #[arg(long, env = "KUBEMARK_INSECURE_REGISTRY", value_parser = BoolishValueParser::new())]
     insecure_registry: bool,
     /// With --builder engine: let the engine push (its own gzip on one core, its proxies and
     /// certs.d) rather than this process through the registry API. Always so for an engine on
     /// containerd's image store.
-    #[arg(long, env = "KUBEMARK_ENGINE_PUSH")]
+    #[arg(long, env = "KUBEMARK_ENGINE_PUSH", value_parser = BoolishValueParser::new())]
     engine_push: bool,
     /// Build the image but do not push it.
-    #[arg(long, env = "KUBEMARK_NO_PUSH")]
+    #[arg(long, env = "KUBEMARK_NO_PUSH", value_parser = BoolishValueParser::new())]
     no_push: bool,
     /// Build and push even if nothing changed since the last run.
-    #[arg(long, env = "KUBEMARK_FORCE")]
+    #[arg(long, env = "KUBEMARK_FORCE", value_parser = BoolishValueParser::new())]
     force: bool,
     /// Check everything and print the plan; change nothing.
     #[arg(long)]
