@@ -71,6 +71,10 @@ pub struct Global {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in `main`, before any thread exists, so nothing uses
+    // libgit2 concurrently. Failing, it leaves libgit2's defaults: more memory.
+    #[allow(unsafe_code)]
+    let _ = unsafe { kubemark_image::source::bound_pack_memory() };
     // The settings file first: its values are the flags' defaults.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let settings = config::Settings::load(config::config_path(&args).as_deref());
