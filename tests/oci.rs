@@ -498,11 +498,23 @@ fn several_platforms_are_pushed_under_one_index_by_either_builder() {
     let registry = Registry::start();
     let upstream = Upstream::new();
     // The engine's images pushed by this process, or (--engine-push) by the engine.
-    for (builder, tag, engine_push) in [
+    for (version, (builder, tag, engine_push)) in [
         ("oci", "multi-oci", false),
         ("engine", "multi-engine", false),
         ("engine", "multi-engine-push", true),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A binary of its own for each round: no image of one round (the engine's
+        // step cache, which the previous round's clean-up may be removing, or a
+        // pushed blob) can stand in for another's.
+        let version = (version + 2).to_string();
+        upstream.fixture.set_version(&version).unwrap();
+        upstream
+            .fixture
+            .commit(&format!("version {version}"))
+            .unwrap();
         let mut env = if builder == "oci" {
             without_engine()
         } else {
@@ -598,7 +610,7 @@ fn several_platforms_are_pushed_under_one_index_by_either_builder() {
         );
         assert_eq!(
             docker::run(&image, None, &[]),
-            "kubemark fixture 1",
+            format!("kubemark fixture {version}"),
             "{builder}"
         );
     }
