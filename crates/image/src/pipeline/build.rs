@@ -92,11 +92,11 @@ pub(super) async fn with_engine(
             stage: Stage::Image,
             what: format!("{id} in {:.1}s", started.elapsed().as_secs_f64()),
         });
-        built.push((id, target));
+        built.push((image, id, target));
     }
     let mut platforms: Vec<PlatformImage> = built
         .iter()
-        .map(|(id, target)| PlatformImage {
+        .map(|(_, id, target)| PlatformImage {
             platform: target.platform.to_string(),
             digest: None,
             image_id: id.clone(),
@@ -105,16 +105,11 @@ pub(super) async fn with_engine(
         .collect();
     let digest = match push {
         Some(push) if spec.engine_push || engine.containerd_store => {
-            for (p, (_, target)) in platforms.iter_mut().zip(&built) {
-                let image = if several {
-                    per_platform_tag(&spec.image, &target.platform)?
-                } else {
-                    spec.image.clone()
-                };
+            for (p, (image, _, _)) in platforms.iter_mut().zip(&built) {
                 let digest = super::engine_push::push_one(
                     engine,
                     push.registry,
-                    &image,
+                    image,
                     push.credentials,
                     events,
                     cancel,
@@ -177,7 +172,7 @@ async fn push_engine_images(
     engine: &Engine,
     registry: &Registry,
     layout: &Layout,
-    built: &[(String, &Target)],
+    built: &[(ImageRef, String, &Target)],
     events: &Events,
     cancel: &CancellationToken,
 ) -> Result<(String, Vec<oci::Image>)> {
@@ -186,7 +181,7 @@ async fn push_engine_images(
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
     let mut images = Vec::new();
-    for (id, target) in built {
+    for (_, id, target) in built {
         events.emit(Event::Stage {
             stage: Stage::Image,
             what: format!(
