@@ -204,26 +204,50 @@ pub async fn build(
         array(&mut config, "/history").push(entry);
     }
     let config_bytes = serde_json::to_vec(&config).unwrap_or_default();
-    let config_descriptor = layout.write_blob(media::OCI_CONFIG, &config_bytes)?;
+    write_image(layout, platform, Manifest::Oci, &config_bytes, blobs)
+}
+
+/// Which manifest an image gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Manifest {
+    Oci,
+    /// Docker's schema 2, as `docker push` writes (only when every layer has a Docker type).
+    Docker,
+}
+
+/// The image for `platform`: `config` and a manifest over `layers` written into
+/// `layout`; its blobs are the layers, then the config.
+pub(super) fn write_image(
+    layout: &Layout,
+    platform: &Platform,
+    kind: Manifest,
+    config: &[u8],
+    mut blobs: Vec<Blob>,
+) -> Result<Image> {
+    let (manifest_type, config_type) = match kind {
+        Manifest::Oci => (media::OCI_MANIFEST, media::OCI_CONFIG),
+        Manifest::Docker => (media::DOCKER_MANIFEST, media::DOCKER_CONFIG),
+    };
+    let config = layout.write_blob(config_type, config)?;
     let manifest = json!({
         "schemaVersion": 2,
-        "mediaType": media::OCI_MANIFEST,
-        "config": config_descriptor,
+        "mediaType": manifest_type,
+        "config": config,
         "layers": blobs.iter().map(|b| &b.descriptor).collect::<Vec<_>>(),
     });
     let mut manifest = layout.write_blob(
-        media::OCI_MANIFEST,
+        manifest_type,
         &serde_json::to_vec(&manifest).unwrap_or_default(),
     )?;
     manifest.platform = Some(platform.clone());
     blobs.push(Blob {
-        descriptor: config_descriptor.clone(),
+        descriptor: config.clone(),
         from: None,
     });
     Ok(Image {
         platform: platform.clone(),
         manifest,
-        config_digest: config_descriptor.digest,
+        config_digest: config.digest,
         blobs,
     })
 }

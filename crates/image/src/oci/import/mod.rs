@@ -14,18 +14,16 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 
 use futures_util::StreamExt;
-use serde_json::json;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::base::{Base, Source};
-use super::build::{Blob, Image, Options};
+use super::build::{Blob, Image, Manifest, Options, write_image};
 use super::compress::Compression;
 use super::layer::{self, Layer};
 use super::layout::{Descriptor, Layout, Platform, digest_of};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event::CancellationToken;
-use crate::registry::media;
 
 /// Files of the export up to this size are read into memory (configs, the
 /// export's manifest, small layers); larger ones are compressed as they stream.
@@ -90,7 +88,7 @@ pub async fn from_engine(
     let docker = layers
         .iter()
         .all(|(d, _)| docker_type(&d.media_type).is_some());
-    let mut blobs: Vec<Blob> = layers
+    let blobs: Vec<Blob> = layers
         .into_iter()
         .map(|(mut descriptor, from_base)| {
             if docker {
@@ -104,33 +102,12 @@ pub async fn from_engine(
             }
         })
         .collect();
-    let (manifest_type, config_type) = if docker {
-        (media::DOCKER_MANIFEST, media::DOCKER_CONFIG)
+    let kind = if docker {
+        Manifest::Docker
     } else {
-        (media::OCI_MANIFEST, media::OCI_CONFIG)
+        Manifest::Oci
     };
-    let config = layout.write_blob(config_type, &config)?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": manifest_type,
-        "config": config,
-        "layers": blobs.iter().map(|b| &b.descriptor).collect::<Vec<_>>(),
-    });
-    let mut manifest = layout.write_blob(
-        manifest_type,
-        &serde_json::to_vec(&manifest).unwrap_or_default(),
-    )?;
-    manifest.platform = Some(platform.clone());
-    blobs.push(Blob {
-        descriptor: config.clone(),
-        from: None,
-    });
-    Ok(Image {
-        platform: platform.clone(),
-        manifest,
-        config_digest: config.digest,
-        blobs,
-    })
+    write_image(layout, platform, kind, &config, blobs)
 }
 
 /// What went wrong reading the export: the stream (the engine's), or the rest.

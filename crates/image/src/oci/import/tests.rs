@@ -1,6 +1,8 @@
 //! `import` against exports built here: both `docker save` formats, a base's
 //! layers, and exports that do not hold together or break off.
 
+use serde_json::json;
+
 use super::*;
 
 /// An export of one image with a small and a large (> IN_MEMORY) layer, in
