@@ -43,13 +43,6 @@ pub async fn from_engine(
     options: Options,
     cancel: &CancellationToken,
 ) -> Result<Image> {
-    let failed = |doing: String| {
-        move |e: io::Error| Error::Engine {
-            endpoint: engine.endpoint.to_string(),
-            doing,
-            reason: e.to_string(),
-        }
-    };
     let stream = Box::pin(
         engine
             .docker()
@@ -81,7 +74,13 @@ pub async fn from_engine(
     let Assembled { config, layers } = match read {
         Ok(read) => read,
         Err(_) if cancel.is_cancelled() => return Err(Error::Cancelled),
-        Err(Fault::Io(e)) => return Err(failed(format!("exporting {id}"))(e)),
+        Err(Fault::Io(e)) => {
+            return Err(Error::Engine {
+                endpoint: engine.endpoint.to_string(),
+                doing: format!("exporting {id}"),
+                reason: e.to_string(),
+            });
+        }
         Err(Fault::Other(e)) => return Err(e),
     };
     let source = base.and_then(|b| b.source.clone());
